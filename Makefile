@@ -1,0 +1,101 @@
+# Isthmus — one GNU Makefile. `make` builds build/isthmus and build/isthmusctl;
+# `make test` runs every test; `make SANITIZE=address,undefined test` runs them under sanitizers;
+# `make fuzz` builds the libFuzzer targets (clang).
+
+CC ?= cc
+BUILD ?= build
+PKGS := expat openssl sqlite3 libidn libidn2
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS := $(shell pkg-config --libs $(PKGS))
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Werror
+CFLAGS ?= -O2 -g
+CFLAGS += -std=c11 -D_GNU_SOURCE $(WARN) -Iinclude $(PKG_CFLAGS) -MMD -MP
+LDLIBS += $(PKG_LIBS) -lm
+
+ifneq ($(SANITIZE),)
+CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+
+CORE_SRC := $(filter-out src/main.c src/ctl.c,$(wildcard src/*.c))
+CORE_OBJ := $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
+LIB := $(BUILD)/libisthmus.a
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+BENCH_SRC := $(wildcard bench/*.c)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+
+# Rebuild everything when the flags change (e.g. switching SANITIZE on or off).
+FLAGS_STAMP := $(BUILD)/.flags-$(shell echo '$(CC) $(CFLAGS) $(LDFLAGS)' | md5sum | cut -c1-12)
+
+.PHONY: all clean test unit e2e fuzz bench format run check-config
+all: $(BUILD)/isthmus $(BUILD)/isthmusctl $(UNIT_BIN)
+
+$(FLAGS_STAMP):
+	@mkdir -p $(BUILD)
+	@rm -f $(BUILD)/.flags-*
+	@touch $@
+
+$(BUILD)/obj/%.o: src/%.c $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(LIB): $(CORE_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/isthmus: $(BUILD)/obj/main.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/isthmusctl: $(BUILD)/obj/ctl.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(LIB) $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -Itests/unit $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+# Benchmark tools are standalone clients: they do not link the server's code.
+$(BUILD)/bench/%: bench/%.c $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(LDFLAGS) -o $@ $< $(PKG_LIBS) -lm
+
+# A second, independent client stack for the end-to-end tests (libstrophe).
+$(BUILD)/tests/strophe_client: tests/e2e/strophe_client.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g -o $@ $< $(shell pkg-config --cflags --libs libstrophe)
+
+unit: $(UNIT_BIN)
+	@fail=0; for t in $(UNIT_BIN); do $$t || fail=1; done; exit $$fail
+
+test: all $(BUILD)/tests/strophe_client
+	tests/run
+
+e2e: all $(BUILD)/tests/strophe_client
+	tests/run e2e
+
+# libFuzzer targets: clang, ASan + UBSan, the core sources compiled in directly.
+FUZZ_CC ?= clang
+FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -Iinclude $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined
+fuzz: $(FUZZ_BIN)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(CORE_SRC) $(LDLIBS)
+
+bench: $(BENCH_BIN) $(BUILD)/isthmus $(BUILD)/isthmusctl
+
+run: $(BUILD)/isthmus
+	$(BUILD)/isthmus -c conf/isthmus.conf
+
+check-config: $(BUILD)/isthmus
+	$(BUILD)/isthmus -t -c conf/isthmus.conf
+
+format:
+	clang-format -i src/*.c include/isthmus/*.h tests/unit/*.c tests/fuzz/*.c $(BENCH_SRC)
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(CORE_OBJ:.o=.d) $(BUILD)/obj/main.d $(BUILD)/obj/ctl.d

@@ -1,0 +1,43 @@
+/* c2s.h — client-to-server streams (RFC 6120): listeners, stream negotiation (STARTTLS, SASL,
+ * resource binding), and the registry of bound sessions by bare JID. */
+#ifndef ISTHMUS_C2S_H
+#define ISTHMUS_C2S_H
+
+#include <stdbool.h>
+
+#include "isthmus/jid.h"
+#include "isthmus/stanza.h"
+
+struct c2s;
+
+/* Opens the [c2s] listeners. Returns 0, or -1 with a message in err. */
+int c2s_init(char *err, size_t errlen);
+/* Shutdown: every stream gets <system-shutdown/> and is closed; listeners stop. */
+void c2s_shutdown(void);
+/* Drops every stream at once (shutdown grace period over). */
+void c2s_abort_all(void);
+void c2s_fini(void);
+size_t c2s_count(void);
+
+/* Session registry. bare is a prepared "user@host". */
+struct c2s *c2s_find(const char *bare, const char *resource);
+struct c2s *c2s_first(const char *bare);
+struct c2s *c2s_next(const struct c2s *s); /* next resource of the same account */
+
+const struct jid *c2s_jid(const struct c2s *s); /* full JID once bound; NULL before */
+bool c2s_available(const struct c2s *s);        /* sent available presence */
+int c2s_priority(const struct c2s *s);
+
+/* Sends a stanza to the client (serialized; the stanza stays the caller's). */
+void c2s_deliver(struct c2s *s, const struct stanza *st);
+/* Closes a session with a stream error (condition per RFC 6120 §4.9.3). */
+void c2s_stream_error(struct c2s *s, const char *condition, const char *text);
+/* Closes every session of bare (e.g. account removed). */
+void c2s_close_account(const char *bare, const char *condition, const char *text);
+/* For pre-authentication replies (XEP-0077 registration before login). */
+void c2s_send_preauth(struct c2s *s, const struct stanza *st);
+const char *c2s_host(const struct c2s *s);
+bool c2s_is_authenticated(const struct c2s *s);
+const char *c2s_peer_ip(const struct c2s *s);
+
+#endif

@@ -1,0 +1,92 @@
+/* config.h — the one INI-style configuration file.
+ *
+ * Syntax: `[section]` or `[section NAME]` headers, `key = value` lines, comments on lines starting
+ * with `;` or `#`. Keys may not repeat within a section; list values are comma-separated.
+ * Every unknown section, unknown key, repeated key or bad value is an error that names the file,
+ * the line and the key: "conf/isthmus.conf:12: [c2s] listen: expected HOST:PORT, got 'x'".
+ * Relative paths are resolved against the directory of the config file.
+ *
+ * Values are taken verbatim after trimming (no quoting). A `;` or `#` at the start of a line or
+ * preceded by a space or tab starts a comment, also after a value (`listen = [::1]:5222 ; v6`), so
+ * a value cannot contain " ;" or " #". Lines may end in CRLF; the file must be UTF-8 without NUL
+ * or control characters other than tab. Booleans: true/false, yes/no, on/off, 1/0. Sizes: bytes
+ * with an optional K, M or G suffix (powers of 1024). Numbers are range-checked (the table in
+ * config.c). Addresses: comma-separated HOST:PORT, IPv6 in brackets ([::1]:5222), port 1..65535;
+ * an empty value is an empty list. An empty string or path means "not set" (NULL); data_dir may
+ * not be empty. Each section appears once, except [host NAME], once per distinct name.
+ *
+ * Sections and keys (defaults in parentheses):
+ *   [server]  data_dir (data), log_level (info), log_file (stderr), pidfile (none),
+ *             hide_version (false), max_stanza_size (262144; accepts K/M suffixes),
+ *             max_depth (32), scram_iterations (4096), max_output_buffer (1M)
+ *   [c2s]     listen (127.0.0.1:5222), tls_listen (127.0.0.1:5223; empty = none),
+ *             require_tls (true), auth_timeout (30 s), idle_timeout (600 s),
+ *             auth_failures (5) per auth_failure_window (60 s) per IP, then refused for that
+ *             window; max_connections_per_ip (0 = unlimited)
+ *   [tls]     min_version (1.2 | 1.3; default 1.2), ciphers (OpenSSL default), ciphersuites
+ *   [host NAME] certificate, key (both or neither; neither = self-signed generated on first start
+ *             under data_dir/certs/), registration (false)
+ * At least one [host] is required. */
+#ifndef ISTHMUS_CONFIG_H
+#define ISTHMUS_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct config_addr {
+    char *host; /* numeric address or name as written ("127.0.0.1", "::1", "localhost") */
+    uint16_t port;
+};
+
+struct config_host {
+    char *name;        /* the domain, prepared (lower case, IDNA) */
+    char *certificate; /* absolute or config-relative-resolved path, NULL = self-signed */
+    char *key;
+    bool registration;
+    unsigned line;     /* line of the [host NAME] header, for later error messages */
+};
+
+struct config {
+    char *path; /* the file loaded */
+    /* [server] */
+    char *data_dir;
+    int log_level; /* enum log_level */
+    char *log_file; /* NULL = stderr */
+    char *pidfile;  /* NULL = none */
+    bool hide_version;
+    size_t max_stanza_size;
+    unsigned max_depth;
+    unsigned scram_iterations;
+    size_t max_output_buffer;
+    /* [c2s] */
+    struct config_addr *c2s_listen;
+    size_t n_c2s_listen;
+    struct config_addr *c2s_tls_listen;
+    size_t n_c2s_tls_listen;
+    bool c2s_require_tls;
+    unsigned c2s_auth_timeout;
+    unsigned c2s_idle_timeout;
+    unsigned auth_failures;
+    unsigned auth_failure_window;
+    unsigned max_connections_per_ip;
+    /* [tls] */
+    int tls_min_version; /* 0x0303 for 1.2, 0x0304 for 1.3 (TLS1_2_VERSION / TLS1_3_VERSION) */
+    char *tls_ciphers;
+    char *tls_ciphersuites;
+    /* [host NAME], in file order */
+    struct config_host *hosts;
+    size_t n_hosts;
+};
+
+/* Loads and validates path. Returns 0, or -1 with a one-line message in err. *cfg is always
+ * left in a state config_fini() accepts. */
+int config_load(const char *path, struct config *cfg, char *err, size_t errlen);
+/* Same, from a string; `name` is used in messages and `base_dir` for relative paths. */
+int config_parse(const char *name, const char *text, const char *base_dir, struct config *cfg,
+                 char *err, size_t errlen);
+void config_fini(struct config *cfg);
+
+const struct config_host *config_host_find(const struct config *cfg, const char *domain);
+
+#endif
