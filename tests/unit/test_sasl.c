@@ -177,14 +177,17 @@ static const unsigned char fake_endpoint[32] = "ENDPOINTendpointENDPOINTendpoint
 
 static struct sasl_channel ch_plain(void)
 {
-    struct sasl_channel ch = {false, NULL, 0, NULL, 0};
+    struct sasl_channel ch = {.tls = false};
     return ch;
 }
 
 static struct sasl_channel ch_tls(bool exporter, bool endpoint)
 {
-    struct sasl_channel ch = {true, exporter ? fake_exporter : NULL, exporter ? 32 : 0,
-                              endpoint ? fake_endpoint : NULL, endpoint ? 32 : 0};
+    struct sasl_channel ch = {.tls = true,
+                              .exporter = exporter ? fake_exporter : NULL,
+                              .exporter_len = exporter ? 32 : 0,
+                              .endpoint = endpoint ? fake_endpoint : NULL,
+                              .endpoint_len = endpoint ? 32 : 0};
     return ch;
 }
 
@@ -445,7 +448,7 @@ static void test_channel_data_is_copied(void)
 {
     unsigned char exp[32];
     memcpy(exp, fake_exporter, 32);
-    struct sasl_channel ch = {true, exp, 32, NULL, 0};
+    struct sasl_channel ch = {.tls = true, .exporter = exp, .exporter_len = 32};
     struct sasl_session *s = sasl_new("SCRAM-SHA-256-PLUS", &ch, false, creds_cb, NULL);
     CHECK(s != NULL);
     memset(exp, 0, sizeof(exp));
@@ -923,7 +926,7 @@ static void test_mechanisms(void)
     CHECK(n == 4 && strcmp(names[0], "SCRAM-SHA-256-PLUS") == 0);
 
     /* binding data without TLS is ignored */
-    struct sasl_channel odd = {false, fake_exporter, 32, NULL, 0};
+    struct sasl_channel odd = {.tls = false, .exporter = fake_exporter, .exporter_len = 32};
     n = sasl_mechanisms(&odd, false, names, 8);
     CHECK(names_are(names, n, m0, 2));
     CHECK(sasl_channel_bindings(&odd, names, 8) == 0);
@@ -960,6 +963,40 @@ static void test_scram_derive(void)
     CHECK(scram_derive(SCRAM_SHA256, "\330\2471", salt, 4, 16, &b) == -1);
 }
 
+/* A client that tried -PLUS with a binding type we lack (slixmpp 1.8: tls-unique) may retry with
+ * 'y' on the same stream; a client that goes straight to 'y' is still refused (RFC 5802 §6). */
+static void test_y_after_unknown_binding(void)
+{
+    struct sasl_channel ch = ch_tls(true, true);
+    unsigned char *out = NULL;
+    size_t out_len = 0;
+    const char *cond = NULL;
+    const char *plus_first = "p=tls-unique,,n=user,r=abcdefgh";
+    struct sasl_session *s = sasl_new("SCRAM-SHA-256-PLUS", &ch, true, creds_cb, NULL);
+    CHECK(sasl_step(s, (const unsigned char *)plus_first, strlen(plus_first), &out, &out_len,
+                    &cond) == SASL_FAIL);
+    CHECK(sasl_unknown_channel_binding(s));
+    free(out);
+    sasl_free(s);
+
+    const char *y_first = "y,,n=user,r=abcdefgh";
+    s = sasl_new("SCRAM-SHA-256", &ch, true, creds_cb, NULL);
+    out = NULL;
+    CHECK(sasl_step(s, (const unsigned char *)y_first, strlen(y_first), &out, &out_len, &cond) ==
+          SASL_FAIL);
+    CHECK(!sasl_unknown_channel_binding(s));
+    free(out);
+    sasl_free(s);
+
+    ch.client_lacks_cb = true;
+    s = sasl_new("SCRAM-SHA-256", &ch, true, creds_cb, NULL);
+    out = NULL;
+    CHECK(sasl_step(s, (const unsigned char *)y_first, strlen(y_first), &out, &out_len, &cond) ==
+          SASL_CONTINUE);
+    free(out);
+    sasl_free(s);
+}
+
 int main(void)
 {
     TEST_RUN(test_rfc5802_example);
@@ -980,5 +1017,6 @@ int main(void)
     TEST_RUN(test_plain);
     TEST_RUN(test_mechanisms);
     TEST_RUN(test_scram_derive);
+    TEST_RUN(test_y_after_unknown_binding);
     return TEST_DONE();
 }
