@@ -31,8 +31,14 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 # Rebuild everything when the flags change (e.g. switching SANITIZE on or off).
 FLAGS_STAMP := $(BUILD)/.flags-$(shell echo '$(CC) $(CFLAGS) $(LDFLAGS)' | md5sum | cut -c1-12)
 
-.PHONY: all clean test unit e2e fuzz bench format run check-config
+.PHONY: all clean test unit e2e fuzz fuzz-run bench format run check-config deps test-deps
 all: $(BUILD)/isthmus $(BUILD)/isthmusctl $(UNIT_BIN)
+
+# Installs missing Debian packages (as root; otherwise prints the apt-get line).
+deps:
+	@contrib/install-deps
+test-deps:
+	@contrib/install-deps --test
 
 $(FLAGS_STAMP):
 	@mkdir -p $(BUILD)
@@ -70,23 +76,30 @@ $(BUILD)/tests/strophe_client: tests/e2e/strophe_client.c
 unit: $(UNIT_BIN)
 	@fail=0; for t in $(UNIT_BIN); do $$t || fail=1; done; exit $$fail
 
-test: all $(BUILD)/tests/strophe_client
-	tests/run
+test: test-deps
+	$(MAKE) all $(BUILD)/tests/strophe_client
+	ISTHMUS_BUILD=$(BUILD) tests/run
 
 e2e: all $(BUILD)/tests/strophe_client
-	tests/run e2e
+	ISTHMUS_BUILD=$(BUILD) tests/run e2e
 
 # libFuzzer targets: clang, ASan + UBSan, the core sources compiled in directly.
 FUZZ_CC ?= clang
 FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -Iinclude $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined
 fuzz: $(FUZZ_BIN)
+# A short run of every fuzz target (FUZZ_SECONDS each); crashes fail the build.
+FUZZ_SECONDS ?= 30
+fuzz-run: $(FUZZ_BIN)
+	@for f in $(FUZZ_BIN); do echo "fuzzing $$f for $(FUZZ_SECONDS)s"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -print_final_stats=0 2>&1 | tail -2 || exit 1; done
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(CORE_SRC) $(LDLIBS)
 
 bench: $(BENCH_BIN) $(BUILD)/isthmus $(BUILD)/isthmusctl
 
-run: $(BUILD)/isthmus
+run: deps
+	$(MAKE) $(BUILD)/isthmus $(BUILD)/isthmusctl
 	$(BUILD)/isthmus -c conf/isthmus.conf
 
 check-config: $(BUILD)/isthmus

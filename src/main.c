@@ -61,6 +61,15 @@ static int prepare_hosts(struct config *cfg, char *err, size_t errlen)
         }
         free(h->name);
         h->name = d;
+        const char *files[2] = {h->certificate, h->key};
+        const char *keys[2] = {"certificate", "key"};
+        for (int k = 0; k < 2; k++) {
+            if (files[k] && access(files[k], R_OK) < 0) {
+                snprintf(err, errlen, "%s:%u: [host %s] %s: cannot read %s: %s", cfg->path,
+                         h->line, h->name, keys[k], files[k], strerror(errno));
+                return -1;
+            }
+        }
     }
     return 0;
 }
