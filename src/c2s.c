@@ -579,6 +579,10 @@ static void handle_sasl(struct c2s *s, struct stanza *el)
                 sasl_fail(s, "invalid-mechanism", NULL);
             else if (!*text)
                 sasl_send(s, "challenge", NULL, 0); /* no initial response: ask for it */
+            else if (strcmp(text, "=") == 0)
+                /* RFC 6120 §6.4.2: "=" is a zero-length initial response, and every mechanism
+                 * we offer needs data in its first message (RFC 4616 §2, RFC 5802 §5.1). */
+                auth_failed(s, "malformed-request");
             else
                 sasl_input(s, text);
         }
