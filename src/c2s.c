@@ -15,6 +15,7 @@
 #include "isthmus/chanbind.h"
 #include "isthmus/conn.h"
 #include "isthmus/hmap.h"
+#include "isthmus/hooks.h"
 #include "isthmus/log.h"
 #include "isthmus/module.h"
 #include "isthmus/router.h"
@@ -54,6 +55,7 @@ struct c2s {
     struct ev_timer *auth_timer;
     struct ev_timer *idle_timer;
     uint64_t last_rx;
+    void *slots[C2S_SLOT_COUNT];
     struct c2s *next_res, *prev_res; /* same account */
     struct c2s *next_all, *prev_all;
 };
@@ -122,6 +124,18 @@ static void registry_add(struct c2s *s)
     hmap_put(&by_bare, s->bare, s);
 }
 
+static void registry_remove(struct c2s *s);
+
+/* The session's resource goes away: modules see it while it is still registered. */
+static void session_unbind(struct c2s *s)
+{
+    if (!s->bound)
+        return;
+    struct hook_ctx ctx = {.session = s, .to = &s->jid, .bare = s->bare};
+    hooks_fire(HOOK_SESSION_CLOSED, &ctx);
+    registry_remove(s);
+}
+
 static void registry_remove(struct c2s *s)
 {
     if (!s->bound)
@@ -141,6 +155,37 @@ static void registry_remove(struct c2s *s)
 const struct jid *c2s_jid(const struct c2s *s)
 {
     return s->bound ? &s->jid : NULL;
+}
+
+const char *c2s_bare(const struct c2s *s)
+{
+    return s->bound ? s->bare : NULL;
+}
+
+void c2s_set_presence(struct c2s *s, bool available, int priority)
+{
+    s->available = available;
+    s->priority = priority;
+}
+
+void *c2s_slot(const struct c2s *s, enum c2s_slot slot)
+{
+    return s->slots[slot];
+}
+
+void c2s_set_slot(struct c2s *s, enum c2s_slot slot, void *data)
+{
+    s->slots[slot] = data;
+}
+
+struct c2s *c2s_all(void)
+{
+    return all_sessions;
+}
+
+struct c2s *c2s_all_next(const struct c2s *s)
+{
+    return s->next_all;
 }
 
 bool c2s_available(const struct c2s *s)
@@ -393,6 +438,8 @@ static void send_features(struct c2s *s)
     } else {
         buf_puts(&b, "<bind xmlns='" NS_BIND "'/>"
                      "<session xmlns='" NS_SESSION "'><optional/></session>");
+        struct hook_ctx ctx = {.session = s, .out = &b};
+        hooks_fire(HOOK_STREAM_FEATURES, &ctx);
     }
     buf_puts(&b, "</stream:features>");
     send_raw(s, b.data);
@@ -627,7 +674,7 @@ static void bind_resource(struct c2s *s, struct stanza *iq)
      * gets <conflict/>. */
     struct c2s *old = c2s_find(s->bare, resource);
     if (old) {
-        registry_remove(old);
+        session_unbind(old);
         c2s_stream_error(old, "conflict", "Replaced by a new connection");
     }
     registry_add(s);
@@ -641,6 +688,8 @@ static void bind_resource(struct c2s *s, struct stanza *iq)
     send_stanza(s, r);
     stanza_free(r);
     free(full);
+    struct hook_ctx ctx = {.session = s, .to = &s->jid, .bare = s->bare};
+    hooks_fire(HOOK_SESSION_BOUND, &ctx);
 }
 
 /* ---- stanzas ---- */
@@ -673,21 +722,6 @@ static void preauth_iq(struct c2s *s, struct stanza *iq)
         stanza_set_attr(e, "from", NULL);
         send_stanza(s, e);
         stanza_free(e);
-    }
-}
-
-static void track_presence(struct c2s *s, const struct stanza *p)
-{
-    const char *type = stanza_attr(p, "type");
-    if (!type) {
-        s->available = true;
-        char *prio = stanza_child_text(p, "priority", NULL);
-        long v = prio ? strtol(prio, NULL, 10) : 0;
-        /* RFC 6121 §4.7.2.3: priority is -128..127. */
-        s->priority = v < -128 ? -128 : v > 127 ? 127 : (int)v;
-        free(prio);
-    } else if (strcmp(type, "unavailable") == 0) {
-        s->available = false;
     }
 }
 
@@ -725,10 +759,6 @@ static void bound_stanza(struct c2s *s, struct stanza *st)
             stanza_free(st);
             return;
         }
-    } else if (strcmp(st->name, "presence") == 0 && !to) {
-        track_presence(s, st);
-        stanza_free(st);
-        return;
     }
     if (to) {
         char *norm = jid_normalize(to);
@@ -739,6 +769,13 @@ static void bound_stanza(struct c2s *s, struct stanza *st)
         }
         stanza_set_attr(st, "to", norm);
         free(norm);
+    }
+    struct hook_ctx ctx = {.stanza = st, .session = s, .bare = s->bare};
+    if (hooks_fire(HOOK_CLIENT_STANZA, &ctx) == HOOK_DONE ||
+        (strcmp(st->name, "presence") == 0 && !stanza_attr(st, "to"))) {
+        /* Presence without 'to' is the presence module's broadcast (RFC 6121 §4.2, §4.4). */
+        stanza_free(st);
+        return;
     }
     router_route(st, s);
 }
@@ -770,7 +807,9 @@ static void xs_element(void *ud, struct stanza *el)
         else
             c2s_stream_error(s, "not-authorized", "Authenticate first");
     } else if (!is_stanza(el)) {
-        c2s_stream_error(s, "unsupported-stanza-type", NULL);
+        struct hook_ctx ctx = {.stanza = el, .session = s, .bare = s->bare};
+        if (hooks_fire(HOOK_NONZA, &ctx) != HOOK_DONE)
+            c2s_stream_error(s, "unsupported-stanza-type", NULL);
     } else if (!s->bound) {
         const char *type = stanza_attr(el, "type");
         if (strcmp(el->name, "iq") == 0 && str_eq(type, "set") &&
@@ -852,7 +891,7 @@ static void on_closed(struct conn *c, void *ud, const char *reason)
     (void)c;
     struct c2s *s = ud;
     log_info(s->tag, "disconnected: %s", reason);
-    registry_remove(s);
+    session_unbind(s);
     ip_release(conn_peer_ip(s->conn));
     ev_timer_cancel(server.loop, s->auth_timer);
     ev_timer_cancel(server.loop, s->idle_timer);

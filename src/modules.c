@@ -5,7 +5,7 @@
 #include "isthmus/log.h"
 
 static const struct module *const module_table[] = {
-    &mod_disco, &mod_ping, &mod_version, &mod_time, &mod_register,
+    &mod_disco, &mod_ping, &mod_version, &mod_time, &mod_register, &mod_presence,
 };
 
 static bool active(const struct module *m)
@@ -17,6 +17,10 @@ int modules_init(void)
 {
     for (size_t i = 0; i < ARRAY_LEN(module_table); i++) {
         const struct module *m = module_table[i];
+        if (!active(m))
+            continue;
+        for (const struct module_hook *h = m->hooks; h && h->fn; h++)
+            hooks_add(h->event, h->priority, h->fn);
         if (m->init && m->init() < 0) {
             log_error(NULL, "module %s failed to start", m->name);
             return -1;
@@ -27,6 +31,7 @@ int modules_init(void)
 
 void modules_fini(void)
 {
+    hooks_clear();
     for (size_t i = ARRAY_LEN(module_table); i-- > 0;)
         if (module_table[i]->fini)
             module_table[i]->fini();

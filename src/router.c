@@ -5,6 +5,7 @@
 
 #include "isthmus/c2s.h"
 #include "isthmus/account.h"
+#include "isthmus/hooks.h"
 #include "isthmus/log.h"
 #include "isthmus/module.h"
 #include "isthmus/server.h"
@@ -76,8 +77,18 @@ static int deliver_to_bare(const char *bare, const struct stanza *st, bool all_n
     return n;
 }
 
+static void delivered(struct stanza *st, const struct jid *to, const char *bare,
+                      struct c2s *session)
+{
+    struct hook_ctx ctx = {.stanza = st, .session = session, .to = to, .bare = bare};
+    hooks_fire(HOOK_MESSAGE_DELIVERED, &ctx);
+}
+
 static void route_message(struct stanza *st, const struct jid *to, const char *bare)
 {
+    struct hook_ctx in = {.stanza = st, .to = to, .bare = bare};
+    if (hooks_fire(HOOK_MESSAGE_IN, &in) == HOOK_DONE)
+        return;
     const char *type = stanza_attr(st, "type");
     if (!type)
         type = "normal";
@@ -85,6 +96,7 @@ static void route_message(struct stanza *st, const struct jid *to, const char *b
         struct c2s *s = c2s_find(bare, to->resource);
         if (s) {
             c2s_deliver(s, st);
+            delivered(st, to, bare, s);
             return;
         }
         /* RFC 6121 §8.5.3.2.1: no such resource. */
@@ -105,17 +117,25 @@ static void route_message(struct stanza *st, const struct jid *to, const char *b
         return;
     }
     int n = deliver_to_bare(bare, st, strcmp(type, "headline") == 0);
-    if (n > 0 || strcmp(type, "headline") == 0)
+    if (n > 0) {
+        delivered(st, to, bare, NULL);
         return;
-    /* No available resource: offline storage is not part of this server yet (RFC 6121 §8.5.2.2.1
-     * allows service-unavailable). */
-    router_error(st, "service-unavailable", NULL);
+    }
+    if (strcmp(type, "headline") == 0)
+        return;
+    /* RFC 6121 §8.5.2.2.1: nobody available — offline storage, or service-unavailable. */
+    struct hook_ctx off = {.stanza = st, .to = to, .bare = bare};
+    if (hooks_fire(HOOK_MESSAGE_OFFLINE, &off) != HOOK_DONE)
+        router_error(st, "service-unavailable", NULL);
 }
 
 static void route_presence(struct stanza *st, const struct jid *to, const char *bare)
 {
+    struct hook_ctx in = {.stanza = st, .to = to, .bare = bare};
+    if (hooks_fire(HOOK_PRESENCE_IN, &in) == HOOK_DONE)
+        return;
     const char *type = stanza_attr(st, "type");
-    /* Only directed availability is routed here; subscription handling arrives with rosters. */
+    /* Without a roster module only directed availability would be delivered. */
     if (type && strcmp(type, "unavailable") != 0 && strcmp(type, "error") != 0)
         return;
     if (to->resource) {

@@ -25,6 +25,9 @@ struct c2s *c2s_first(const char *bare);
 struct c2s *c2s_next(const struct c2s *s); /* next resource of the same account */
 
 const struct jid *c2s_jid(const struct c2s *s); /* full JID once bound; NULL before */
+const char *c2s_bare(const struct c2s *s);      /* "user@host" once bound; NULL before */
+/* Availability as the presence module tracks it (RFC 6121 §4.7.2.3 priority). */
+void c2s_set_presence(struct c2s *s, bool available, int priority);
 bool c2s_available(const struct c2s *s);        /* sent available presence */
 int c2s_priority(const struct c2s *s);
 
@@ -39,5 +42,15 @@ void c2s_send_preauth(struct c2s *s, const struct stanza *st);
 const char *c2s_host(const struct c2s *s);
 bool c2s_is_authenticated(const struct c2s *s);
 const char *c2s_peer_ip(const struct c2s *s);
+
+/* Per-session module data (DESIGN.md "module data slots"). The owning module frees its data
+ * on HOOK_SESSION_CLOSED. */
+enum c2s_slot { C2S_SLOT_PRESENCE, C2S_SLOT_CARBONS, C2S_SLOT_CSI, C2S_SLOT_SM, C2S_SLOT_COUNT };
+void *c2s_slot(const struct c2s *s, enum c2s_slot slot);
+void c2s_set_slot(struct c2s *s, enum c2s_slot slot, void *data);
+
+/* Every bound session (for broadcasts); iteration: for (s = c2s_all(); s; s = c2s_all_next(s)). */
+struct c2s *c2s_all(void);
+struct c2s *c2s_all_next(const struct c2s *s);
 
 #endif

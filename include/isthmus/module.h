@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 
+#include "isthmus/hooks.h"
 #include "isthmus/router.h"
 #include "isthmus/util.h"
 
@@ -17,17 +18,24 @@ struct module_iq {
     iq_fn set;
 };
 
+struct module_hook {
+    enum hook_event event;
+    int priority; /* higher runs first; core behaviour sits at 0 */
+    hook_fn fn;
+};
+
 struct module {
     const char *name;
     const char *const *host_features;    /* XEP-0030 features of each host, NULL-terminated */
     const char *const *account_features; /* features of each account's bare JID */
     const struct module_iq *iqs;         /* terminated by an entry with ns == NULL */
+    const struct module_hook *hooks;     /* terminated by an entry with fn == NULL */
     bool (*active)(void);                /* NULL: always; false hides features and handlers */
     int (*init)(void);
     void (*fini)(void);
 };
 
-extern const struct module mod_disco, mod_ping, mod_version, mod_time, mod_register;
+extern const struct module mod_disco, mod_ping, mod_version, mod_time, mod_register, mod_presence;
 
 int modules_init(void);
 void modules_fini(void);
