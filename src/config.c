@@ -33,6 +33,7 @@ enum directive_type {
     T_LOG_LEVEL,   /* int, enum log_level */
     T_TLS_VERSION, /* int, 0x0303 / 0x0304 */
     T_ADDR_LIST,   /* struct config_addr * at offset, size_t count at count_offset */
+    T_ARCHIVE_POLICY, /* int, enum archive_policy: always | roster | never */
 };
 
 #define D_REQUIRED 1u /* an empty value is an error (types where empty would mean NULL) */
@@ -66,6 +67,9 @@ static const struct directive directives[] = {
     /* RFC 7677 §4: the iteration count SHOULD be at least 4096. */
     {"server", "scram_iterations", T_UINT, CFG(scram_iterations), 0, "4096", 4096, 10000000, 0},
     {"server", "max_output_buffer", T_SIZE, CFG(max_output_buffer), 0, "1M", 16 * KIB, GIB, 0},
+    /* One user's vCard or private XML item. */
+    {"server", "max_user_item_size", T_SIZE, CFG(max_user_item_size), 0, "64K", 1 * KIB, 16 * MIB,
+     0},
 
     {"c2s", "listen", T_ADDR_LIST, CFG(c2s_listen), CFG(n_c2s_listen), "127.0.0.1:5222", 0, 0, 0},
     {"c2s", "tls_listen", T_ADDR_LIST, CFG(c2s_tls_listen), CFG(n_c2s_tls_listen), "127.0.0.1:5223",
@@ -80,6 +84,17 @@ static const struct directive directives[] = {
     {"tls", "min_version", T_TLS_VERSION, CFG(tls_min_version), 0, "1.2", 0, 0, 0},
     {"tls", "ciphers", T_STRING, CFG(tls_ciphers), 0, NULL, 0, 0, 0},
     {"tls", "ciphersuites", T_STRING, CFG(tls_ciphersuites), 0, NULL, 0, 0, 0},
+
+    {"roster", "max_items", T_UINT, CFG(roster_max_items), 0, "1000", 1, 100000, 0},
+
+    {"offline", "max_messages", T_UINT, CFG(offline_max_messages), 0, "1000", 0, 1000000, 0},
+
+    {"mam", "default", T_ARCHIVE_POLICY, CFG(mam_default), 0, "always", 0, 0, 0},
+    {"mam", "expire_days", T_UINT, CFG(mam_expire_days), 0, "365", 0, 36500, 0},
+    {"mam", "max_page", T_UINT, CFG(mam_max_page), 0, "100", 1, 1000, 0},
+
+    {"sm", "resume_timeout", T_UINT, CFG(sm_resume_timeout), 0, "300", 0, 86400, 0},
+    {"sm", "max_unacked", T_UINT, CFG(sm_max_unacked), 0, "1000", 10, 100000, 0},
 
     {"host", "certificate", T_PATH, HOST(certificate), 0, NULL, 0, 0, 0},
     {"host", "key", T_PATH, HOST(key), 0, NULL, 0, 0, 0},
@@ -107,6 +122,10 @@ static const struct section_def sections[] = {
     {"server", false, NULL, NULL},
     {"c2s", false, NULL, NULL},
     {"tls", false, NULL, NULL},
+    {"roster", false, NULL, NULL},
+    {"offline", false, NULL, NULL},
+    {"mam", false, NULL, NULL},
+    {"sm", false, NULL, NULL},
     {"host", true, host_open, host_close},
 };
 
@@ -409,6 +428,18 @@ static int directive_set(const struct directive *d, void *base, const char *v, c
             *(int *)field = 0x0304;
         } else {
             snprintf(msg, msglen, "expected 1.2 or 1.3, got '%s'", v);
+            return -1;
+        }
+        return 0;
+    case T_ARCHIVE_POLICY:
+        if (strcmp(v, "always") == 0) {
+            *(int *)field = ARCHIVE_ALWAYS;
+        } else if (strcmp(v, "roster") == 0) {
+            *(int *)field = ARCHIVE_ROSTER;
+        } else if (strcmp(v, "never") == 0) {
+            *(int *)field = ARCHIVE_NEVER;
+        } else {
+            snprintf(msg, msglen, "expected always, roster or never, got '%s'", v);
             return -1;
         }
         return 0;

@@ -77,16 +77,19 @@ static int deliver_to_bare(const char *bare, const struct stanza *st, bool all_n
     return n;
 }
 
+static bool rerouting; /* router_reroute() is on the stack */
+
 static void delivered(struct stanza *st, const struct jid *to, const char *bare,
                       struct c2s *session)
 {
-    struct hook_ctx ctx = {.stanza = st, .session = session, .to = to, .bare = bare};
+    struct hook_ctx ctx = {.stanza = st, .session = session, .to = to, .bare = bare,
+                           .redelivery = rerouting};
     hooks_fire(HOOK_MESSAGE_DELIVERED, &ctx);
 }
 
 static void route_message(struct stanza *st, const struct jid *to, const char *bare)
 {
-    struct hook_ctx in = {.stanza = st, .to = to, .bare = bare};
+    struct hook_ctx in = {.stanza = st, .to = to, .bare = bare, .redelivery = rerouting};
     if (hooks_fire(HOOK_MESSAGE_IN, &in) == HOOK_DONE)
         return;
     const char *type = stanza_attr(st, "type");
@@ -124,7 +127,7 @@ static void route_message(struct stanza *st, const struct jid *to, const char *b
     if (strcmp(type, "headline") == 0)
         return;
     /* RFC 6121 §8.5.2.2.1: nobody available — offline storage, or service-unavailable. */
-    struct hook_ctx off = {.stanza = st, .to = to, .bare = bare};
+    struct hook_ctx off = {.stanza = st, .to = to, .bare = bare, .redelivery = rerouting};
     if (hooks_fire(HOOK_MESSAGE_OFFLINE, &off) != HOOK_DONE)
         router_error(st, "service-unavailable", NULL);
 }
@@ -206,4 +209,11 @@ void router_route(struct stanza *st, struct c2s *origin)
 done:
     jid_fini(&to);
     stanza_free(st);
+}
+
+void router_reroute(struct stanza *st)
+{
+    rerouting = true;
+    router_route(st, NULL);
+    rerouting = false;
 }

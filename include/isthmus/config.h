@@ -23,6 +23,12 @@
  *             require_tls (true), auth_timeout (30 s), idle_timeout (600 s),
  *             auth_failures (5) per auth_failure_window (60 s) per IP, then refused for that
  *             window; max_connections_per_ip (0 = unlimited)
+ *   [roster]  max_items (1000) per user, then <not-allowed/> / <resource-constraint/>
+ *   [offline] max_messages (1000) per user; 0 = no offline storage
+ *   [mam]     default (always | roster | never; default always) for users without preferences,
+ *             expire_days (365; 0 = keep forever), max_page (100) items per query page
+ *   [sm]      resume_timeout (300 s; 0 = no resumption), max_unacked (1000) stanzas
+ *   [server]  max_user_item_size (64K): one vCard or private XML item
  *   [tls]     min_version (1.2 | 1.3; default 1.2), ciphers (OpenSSL default), ciphersuites
  *   [host NAME] certificate, key (both or neither; neither = self-signed generated on first start
  *             under data_dir/certs/), registration (false)
@@ -38,6 +44,8 @@ struct config_addr {
     char *host; /* numeric address or name as written ("127.0.0.1", "::1", "localhost") */
     uint16_t port;
 };
+
+enum archive_policy { ARCHIVE_ALWAYS, ARCHIVE_ROSTER, ARCHIVE_NEVER };
 
 struct config_host {
     char *name;        /* the domain, prepared (lower case, IDNA) */
@@ -59,6 +67,7 @@ struct config {
     unsigned max_depth;
     unsigned scram_iterations;
     size_t max_output_buffer;
+    size_t max_user_item_size;
     /* [c2s] */
     struct config_addr *c2s_listen;
     size_t n_c2s_listen;
@@ -74,6 +83,14 @@ struct config {
     int tls_min_version; /* 0x0303 for 1.2, 0x0304 for 1.3 (TLS1_2_VERSION / TLS1_3_VERSION) */
     char *tls_ciphers;
     char *tls_ciphersuites;
+    /* [roster] [offline] [mam] [sm] */
+    unsigned roster_max_items;
+    unsigned offline_max_messages; /* 0: no offline storage */
+    int mam_default;               /* enum archive_policy for users without preferences */
+    unsigned mam_expire_days;      /* 0: keep forever */
+    unsigned mam_max_page;
+    unsigned sm_resume_timeout;    /* seconds; 0: no resumption */
+    unsigned sm_max_unacked;
     /* [host NAME], in file order */
     struct config_host *hosts;
     size_t n_hosts;

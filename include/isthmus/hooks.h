@@ -7,6 +7,8 @@
 #ifndef ISTHMUS_HOOKS_H
 #define ISTHMUS_HOOKS_H
 
+#include <stdbool.h>
+
 #include "isthmus/jid.h"
 #include "isthmus/stanza.h"
 #include "isthmus/util.h"
@@ -28,6 +30,9 @@ enum hook_event {
     /* Presence for an existing local account (subscriptions, probes, availability). DONE =
      * handled; otherwise directed availability is delivered as RFC 6121 §8.5 says. */
     HOOK_PRESENCE_IN,
+    /* A session sent its first available presence (RFC 6121 §4.2): offline messages and
+     * pending subscription requests go to it now. Fired by the presence module. */
+    HOOK_INITIAL_PRESENCE,
     /* A session bound its resource / is about to disappear (still registered while this runs). */
     HOOK_SESSION_BOUND,
     HOOK_SESSION_CLOSED,
@@ -49,6 +54,8 @@ struct hook_ctx {
     const struct jid *to;   /* prepared target, when there is one */
     const char *bare;       /* account concerned ("user@host"), when there is one */
     struct buf *out;        /* HOOK_STREAM_FEATURES */
+    bool redelivery;        /* HOOK_MESSAGE_*: a message re-routed after its session died with it
+                             * unacknowledged (XEP-0198 §4.2): archive and carbons skip it */
 };
 
 typedef int (*hook_fn)(struct hook_ctx *ctx);

@@ -35,7 +35,9 @@ struct module {
     void (*fini)(void);
 };
 
-extern const struct module mod_disco, mod_ping, mod_version, mod_time, mod_register, mod_presence;
+extern const struct module mod_disco, mod_ping, mod_version, mod_time, mod_register, mod_roster,
+    mod_presence, mod_offline, mod_carbons, mod_mam, mod_vcard, mod_private, mod_blocking, mod_last,
+    mod_csi;
 
 int modules_init(void);
 void modules_fini(void);

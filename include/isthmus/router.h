@@ -32,6 +32,10 @@ typedef const char *(*iq_fn)(struct iq_request *req);
 /* Takes ownership of st. `from` must be stamped; a missing `to` means the sender's own account
  * (RFC 6120 §10.3). origin is the local sending session, if any. */
 void router_route(struct stanza *st, struct c2s *origin);
+/* Routes a message again after the session it was delivered to died without acknowledging it
+ * (XEP-0198): bare-JID rules apply, then offline storage. Hooks see ctx.redelivery. Takes
+ * ownership. */
+void router_reroute(struct stanza *st);
 /* Sends an error reply to orig's sender (never for type='error', RFC 6120 §8.3.1). */
 void router_error(const struct stanza *orig, const char *condition, const char *text);
 /* Routes a reply built by a handler: takes ownership. Replies to a pre-authentication request

@@ -1,0 +1,4 @@
+/* Filled in by its owner. */
+#include "isthmus/module.h"
+
+const struct module mod_mam = {.name = "mam"};
