@@ -69,6 +69,8 @@ static const char *change_or_remove(struct iq_request *req)
     const struct jid *me = req->from;
     if (stanza_child(req->payload, "remove", NULL)) {
         char *bare = jid_bare_string(me);
+        struct hook_ctx ctx = {.to = me, .bare = bare, .session = req->origin};
+        hooks_fire(HOOK_ACCOUNT_DELETED, &ctx);
         if (account_delete(server.db, me->domain, me->local) != 0) {
             free(bare);
             return "internal-server-error";

@@ -45,7 +45,14 @@ const char *c2s_peer_ip(const struct c2s *s);
 
 /* Per-session module data (DESIGN.md "module data slots"). The owning module frees its data
  * on HOOK_SESSION_CLOSED. */
-enum c2s_slot { C2S_SLOT_PRESENCE, C2S_SLOT_CARBONS, C2S_SLOT_CSI, C2S_SLOT_SM, C2S_SLOT_COUNT };
+enum c2s_slot {
+    C2S_SLOT_PRESENCE,
+    C2S_SLOT_ROSTER, /* non-NULL: an interested resource (RFC 6121 §2.1.6) */
+    C2S_SLOT_CARBONS,
+    C2S_SLOT_CSI,
+    C2S_SLOT_SM,
+    C2S_SLOT_COUNT
+};
 void *c2s_slot(const struct c2s *s, enum c2s_slot slot);
 void c2s_set_slot(struct c2s *s, enum c2s_slot slot, void *data);
 

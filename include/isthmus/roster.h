@@ -17,6 +17,7 @@ struct roster_item {
     bool ask;           /* pending-out: we sent subscribe, no answer yet (ask='subscribe') */
     bool pending_in;    /* they asked to subscribe to us; stored until answered */
     bool approved;      /* RFC 6121 §3.4 pre-approval */
+    bool in_roster;     /* a visible roster item (false: only a pending request is stored) */
     char **groups;
     size_t ngroups;
 };
@@ -36,5 +37,14 @@ bool roster_contains(const char *host, const char *user, const char *contact);
 typedef int (*roster_item_fn)(void *ud, const struct roster_item *it);
 /* Every item of the account, in JID order; fn returning nonzero stops. */
 int roster_each(const char *host, const char *user, roster_item_fn fn, void *ud);
+
+/* Writes an item (creating or replacing it), bumps the roster version and pushes the change to
+ * the account's interested resources (RFC 6121 §2.1.6). An item that is neither in the roster
+ * nor carries a pending request or pre-approval is deleted instead. Returns 0 or -1. */
+int roster_put(const char *host, const char *user, const struct roster_item *it);
+/* Counts the account's roster items (visible ones). -1 on storage failure. */
+long roster_count(const char *host, const char *user);
+/* The subscription attribute value for an item ("none", "to", "from", "both"). */
+const char *roster_sub_name(enum roster_sub sub);
 
 #endif
