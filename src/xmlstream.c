@@ -50,6 +50,9 @@ struct xmlstream {
     uint64_t fed;   /* bytes fed since the last reset */
     uint64_t mark;
     char *default_ns;    /* the stream header's default namespace, while it is parsed */
+    struct buf decls;    /* the stream header's namespace declarations, while it is parsed */
+    char *resume_header; /* a start tag equivalent to the stream header, to wake up with */
+    bool priming;        /* parsing resume_header after xmlstream_hibernate() */
     struct stanza *root; /* top-level element under construction */
     struct stanza *cur;
     struct buf text; /* character data not yet attached to cur */
@@ -95,13 +98,24 @@ static const char *split_name(const char *name, size_t *ns_len)
     return sep ? sep + 1 : name;
 }
 
-static struct stanza *make_elem(const char *name, const char **atts)
+/* With namespace triplets on, names are "URI\x1flocal\x1fprefix": copies the local part. */
+static char *local_part(const char *name, const char **prefix)
 {
     size_t ns_len;
     const char *local = split_name(name, &ns_len);
+    const char *sep = ns_len ? strchr(local, NS_SEP) : NULL;
+    if (prefix)
+        *prefix = sep ? sep + 1 : NULL;
+    return sep ? xstrndup(local, (size_t)(sep - local)) : xstrdup(local);
+}
+
+static struct stanza *make_elem(const char *name, const char **atts)
+{
+    size_t ns_len;
+    split_name(name, &ns_len);
     struct stanza *st = xcalloc(1, sizeof(*st));
     st->kind = STANZA_ELEM;
-    st->name = xstrdup(local);
+    st->name = local_part(name, NULL);
     st->ns = xstrndup(name, ns_len);
     size_t n = 0;
     while (atts[2 * n])
@@ -111,13 +125,15 @@ static struct stanza *make_elem(const char *name, const char **atts)
     st->attrs = xmalloc(2 * n * sizeof(char *));
     for (size_t i = 0; i < n; i++) {
         const char *an = atts[2 * i];
-        const char *alocal = split_name(an, &ns_len);
+        split_name(an, &ns_len);
+        char *alocal = local_part(an, NULL);
         if (!ns_len)
-            st->attrs[2 * i] = xstrdup(an);
+            st->attrs[2 * i] = xstrdup(alocal);
         else if (ns_len == strlen(NS_XML) && memcmp(an, NS_XML, ns_len) == 0)
             st->attrs[2 * i] = xasprintf("xml:%s", alocal);
         else
             st->attrs[2 * i] = xasprintf("%.*s %s", (int)ns_len, an, alocal);
+        free(alocal);
         st->attrs[2 * i + 1] = xstrdup(atts[2 * i + 1]);
     }
     st->nattrs = n;
@@ -139,8 +155,12 @@ static void flush_text(struct xmlstream *xs)
 static void open_stream(struct xmlstream *xs, const char *name, const char **atts)
 {
     size_t ns_len;
-    const char *local = split_name(name, &ns_len);
-    if (strcmp(local, "stream") != 0) {
+    split_name(name, &ns_len);
+    const char *prefix;
+    char *local = local_part(name, &prefix);
+    bool is_stream = strcmp(local, "stream") == 0;
+    free(local);
+    if (!is_stream) {
         fail(xs, "not-well-formed", "the first element must be <stream:stream>");
         return;
     }
@@ -151,10 +171,16 @@ static void open_stream(struct xmlstream *xs, const char *name, const char **att
     }
     if (over_limit(xs, event_end(xs)))
         return;
-    struct stanza *header = make_elem(name, atts);
     xs->state = XS_OPEN;
     xs->level = 1;
     xs->mark = event_end(xs);
+    if (xs->priming)
+        return;
+    free(xs->resume_header);
+    xs->resume_header = xasprintf("<%s%sstream%s>", prefix ? prefix : "", prefix ? ":" : "",
+                                  xs->decls.data ? xs->decls.data : "");
+    buf_fini(&xs->decls);
+    struct stanza *header = make_elem(name, atts);
     xs->cb.open(xs->ud, header, xs->default_ns ? xs->default_ns : "");
     stanza_free(header);
     free(xs->default_ns);
@@ -248,7 +274,17 @@ static void XMLCALL on_text(void *ud, const XML_Char *s, int len)
 static void XMLCALL on_ns_start(void *ud, const XML_Char *prefix, const XML_Char *uri)
 {
     struct xmlstream *xs = ud;
-    if (stopped(xs) || xs->state != XS_HEADER || prefix)
+    if (stopped(xs) || xs->state != XS_HEADER || xs->priming)
+        return;
+    /* Remembered so that a hibernated stream can be woken with an equivalent header. */
+    buf_puts(&xs->decls, prefix ? " xmlns:" : " xmlns");
+    if (prefix)
+        buf_puts(&xs->decls, prefix);
+    buf_puts(&xs->decls, "='");
+    if (uri)
+        xml_escape(&xs->decls, uri, strlen(uri), true);
+    buf_putc(&xs->decls, '\'');
+    if (prefix)
         return;
     free(xs->default_ns);
     xs->default_ns = xstrdup(uri ? uri : "");
@@ -300,6 +336,7 @@ static void setup(struct xmlstream *xs)
     XML_Parser p = xs->p;
     unsigned long salt;
     XML_SetUserData(p, xs);
+    XML_SetReturnNSTriplet(p, XML_TRUE); /* prefixes, to rebuild the header after hibernation */
     XML_SetElementHandler(p, on_start, on_end);
     XML_SetCharacterDataHandler(p, on_text);
     XML_SetStartNamespaceDeclHandler(p, on_ns_start);
@@ -329,6 +366,10 @@ static void clear_state(struct xmlstream *xs)
     buf_fini(&xs->text);
     free(xs->default_ns);
     xs->default_ns = NULL;
+    buf_fini(&xs->decls);
+    free(xs->resume_header);
+    xs->resume_header = NULL;
+    xs->priming = false;
     xs->state = XS_HEADER;
     xs->level = 0;
     xs->fed = 0;
@@ -340,7 +381,7 @@ static void clear_state(struct xmlstream *xs)
 static void reset(struct xmlstream *xs)
 {
     clear_state(xs);
-    if (XML_ParserReset(xs->p, "UTF-8") != XML_TRUE) {
+    if (!xs->p || XML_ParserReset(xs->p, "UTF-8") != XML_TRUE) {
         /* Cannot happen outside a handler on a root parser; start over regardless. */
         XML_ParserFree(xs->p);
         char sep = NS_SEP;
@@ -377,8 +418,48 @@ void xmlstream_free(struct xmlstream *xs)
     if (!xs)
         return;
     clear_state(xs);
-    XML_ParserFree(xs->p);
+    if (xs->p)
+        XML_ParserFree(xs->p);
     free(xs);
+}
+
+void xmlstream_set_ud(struct xmlstream *xs, void *ud)
+{
+    xs->ud = ud;
+}
+
+/* Idle streams keep ~10 KB in expat's buffers and tables (shared/research/libraries.md §4);
+ * between stanzas nothing in them is needed but the namespace context of the stream header,
+ * which resume_header re-creates. */
+bool xmlstream_hibernate(struct xmlstream *xs)
+{
+    if (!xs || xs->dead || xs->parsing || !xs->p || xs->state != XS_OPEN || xs->level != 1 ||
+        xs->root || xs->text.len || xs->fed != xs->mark || !xs->resume_header)
+        return false;
+    XML_ParserFree(xs->p);
+    xs->p = NULL;
+    return true;
+}
+
+/* Rebuilds the parser of a hibernated stream: parses resume_header without callbacks. */
+static int wake(struct xmlstream *xs)
+{
+    char sep = NS_SEP;
+    xs->p = XML_ParserCreate_MM("UTF-8", NULL, &sep);
+    if (!xs->p)
+        abort();
+    setup(xs);
+    xs->state = XS_HEADER;
+    xs->priming = true;
+    size_t n = strlen(xs->resume_header);
+    xs->parsing = true;
+    enum XML_Status st = XML_Parse(xs->p, xs->resume_header, (int)n, XML_FALSE);
+    xs->parsing = false;
+    xs->priming = false;
+    if (st != XML_STATUS_OK || xs->err_cond || xs->state != XS_OPEN)
+        return -1;
+    xs->fed = xs->mark = n;
+    return 0;
 }
 
 static ssize_t die(struct xmlstream *xs, const char *cond, const char *text)
@@ -398,6 +479,8 @@ ssize_t xmlstream_feed(struct xmlstream *xs, const char *data, size_t len)
     assert(!xs->parsing);
     if (xs->state == XS_CLOSED)
         return (ssize_t)len;
+    if (!xs->p && wake(xs) < 0)
+        return die(xs, "internal-server-error", "cannot resume the stream parser");
     uint64_t base = xs->fed;
     size_t off = 0;
     while (off < len || len == 0) {

@@ -10,6 +10,7 @@
 #ifndef ISTHMUS_XMLSTREAM_H
 #define ISTHMUS_XMLSTREAM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -37,6 +38,8 @@ struct xmlstream;
 struct xmlstream *xmlstream_new(const struct xmlstream_cb *cb, void *ud, size_t max_element,
                                 unsigned max_depth);
 void xmlstream_free(struct xmlstream *xs);
+/* Later callbacks get ud; from inside a callback, the rest of the current feed included. */
+void xmlstream_set_ud(struct xmlstream *xs, void *ud);
 
 /* Feeds len bytes. Returns the number of bytes consumed — len, unless a callback asked for a
  * restart with xmlstream_restart(), in which case parsing stopped right after the element that
@@ -50,6 +53,11 @@ ssize_t xmlstream_feed(struct xmlstream *xs, const char *data, size_t len);
  * next byte fed must start a new stream header (RFC 6120 §5.4.3.3, §6.4.6). From outside a
  * callback: reset at once. */
 void xmlstream_restart(struct xmlstream *xs);
+
+/* Releases the parser's memory (~10 KB) while the stream sits between stanzas with nothing
+ * half-received; the next xmlstream_feed() rebuilds it transparently from a copy of the stream
+ * header's namespace declarations. Returns true when memory was released. Not from a callback. */
+bool xmlstream_hibernate(struct xmlstream *xs);
 
 /* True when a stream header has been received and the stream is not dead. */
 int xmlstream_is_open(const struct xmlstream *xs);

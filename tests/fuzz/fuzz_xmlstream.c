@@ -157,6 +157,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         off += (size_t)used;
         if ((policy & 0x40) && (rng & 0x3ff) == 0)
             xmlstream_restart(f.xs);
+        /* Hibernation between feeds must be invisible (it is checked against the stanzas'
+         * round trip in on_element like everything else). */
+        if (policy & 0x20)
+            xmlstream_hibernate(f.xs);
     }
     xmlstream_free(f.xs);
     return 0;

@@ -633,6 +633,64 @@ static void test_tree(void)
     stanza_free(NULL);
 }
 
+
+static void feed_str(struct xmlstream *xs, const char *s)
+{
+    CHECK(xmlstream_feed(xs, s, strlen(s)) == (ssize_t)strlen(s));
+}
+
+/* Hibernation frees the parser between stanzas; the stream must behave exactly as if it never
+ * happened: same elements, same namespaces, same close, no second open. */
+static void test_hibernate(void)
+{
+    const char *headers[] = {
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+        "xmlns:stream='http://etherx.jabber.org/streams' xmlns:x='urn:example:x' to='example.org' "
+        "version='1.0'>",
+        "<s:stream xmlns:s='http://etherx.jabber.org/streams' xmlns='jabber:client' "
+        "xmlns:x='urn:example:x' version='1.0'>",
+    };
+    const char *closers[] = {"</stream:stream>", "</s:stream>"};
+    for (size_t h = 0; h < ARRAY_LEN(headers); h++) {
+        struct rec plain, hib;
+        rec_new(&plain, 65536, 16);
+        rec_new(&hib, 65536, 16);
+        const char *parts[] = {headers[h], "<message to='a@b'><body>one</body></message>",
+                               "  ", "<iq type='get' id='1'><x:q/></iq>", "\n",
+                               "<message><body>two &amp; three</body></message>", closers[h]};
+        for (size_t i = 0; i < ARRAY_LEN(parts); i++) {
+            feed_str(plain.xs, parts[i]);
+            if (i > 0 && i + 1 < ARRAY_LEN(parts))
+                CHECK(xmlstream_hibernate(hib.xs));
+            feed_str(hib.xs, parts[i]);
+        }
+        CHECK_STR(hib.log.data, plain.log.data);
+        CHECK(hib.opens == 1 && hib.elements == 3 && hib.closes == 1 && hib.errors == 0);
+        rec_free(&plain);
+        rec_free(&hib);
+    }
+
+    /* Nothing is freed while a stanza is half-received, nor before the header. */
+    struct rec r;
+    rec_new(&r, 65536, 16);
+    CHECK(!xmlstream_hibernate(r.xs));
+    feed_str(r.xs, headers[0]);
+    feed_str(r.xs, "<message><bo");
+    CHECK(!xmlstream_hibernate(r.xs));
+    feed_str(r.xs, "dy>x</body></message>");
+    CHECK(xmlstream_hibernate(r.xs));
+    /* A restart while hibernated expects a fresh header. */
+    xmlstream_restart(r.xs);
+    feed_str(r.xs, headers[0]);
+    feed_str(r.xs, "<presence/>");
+    CHECK(r.opens == 2 && r.elements == 2 && r.errors == 0);
+    /* Errors after waking are still reported. */
+    CHECK(xmlstream_hibernate(r.xs));
+    CHECK(xmlstream_feed(r.xs, "<a></b>", 7) < 0);
+    CHECK(r.errors == 1);
+    rec_free(&r);
+}
+
 int main(void)
 {
     TEST_RUN(test_splits);
@@ -646,5 +704,6 @@ int main(void)
     TEST_RUN(test_close);
     TEST_RUN(test_error_reply);
     TEST_RUN(test_tree);
+    TEST_RUN(test_hibernate);
     return TEST_DONE();
 }
