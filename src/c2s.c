@@ -1,5 +1,14 @@
 /* Client-to-server streams: RFC 6120 §4 (streams), §5 (STARTTLS), §6 (SASL), §7 (binding),
- * plus XEP-0368 direct TLS and the legacy session establishment (RFC 3921 §3, optional). */
+ * plus XEP-0368 direct TLS, the legacy session establishment (RFC 3921 §3, optional) and
+ * XEP-0198 stream management (acks and resumption; counters and queue in sm.c).
+ *
+ * Lifetime of a session with resumption: struct c2s is the session. When its connection drops
+ * (or the stream ends with an error that does not forbid it) it stays registered without a
+ * connection ("detached") for the resumption timeout, receiving stanzas into its SM queue. A
+ * <resume/> on a new stream moves that stream's connection and parser into the old struct c2s
+ * (conn_set_ud, xmlstream_set_ud) and frees the new stream's empty struct c2s on the next loop
+ * iteration (it is still on the call stack then). Nothing is freed from inside its own
+ * callback: sessions end from conn's closed callback, or from a timer. */
 #include "isthmus/c2s.h"
 
 #include <arpa/inet.h>
@@ -21,11 +30,21 @@
 #include "isthmus/router.h"
 #include "isthmus/sasl.h"
 #include "isthmus/server.h"
+#include "isthmus/sm.h"
 #include "isthmus/tls.h"
 #include "isthmus/xmlstream.h"
 
 #define NS_REGISTER_FEATURE "http://jabber.org/features/iq-register"
 #define NS_SASL_CB "urn:xmpp:sasl-cb:0"
+#define NS_DELAY "urn:xmpp:delay"
+
+/* XEP-0198 acknowledgement requests: at once after this many unacknowledged stanzas, else this
+ * long after the first one. */
+#define SM_ACK_BATCH 5
+#define SM_ACK_DELAY_MS 1000
+/* The unacknowledged queue's size in bytes, as a multiple of max_output_buffer (its count is
+ * [sm] max_unacked). */
+#define SM_QUEUE_BUFFERS 8
 
 struct c2s {
     struct conn *conn;
@@ -56,6 +75,11 @@ struct c2s {
     struct ev_timer *idle_timer;
     uint64_t last_rx;
     void *slots[C2S_SLOT_COUNT];
+    struct sm *sm;        /* XEP-0198, once enabled */
+    bool sm_final;        /* the session ends with its connection: no resumption */
+    struct ev_timer *resume_timer; /* detached (conn == NULL): the session ends when it fires */
+    struct ev_timer *ack_timer;    /* a delayed <r/> */
+    struct c2s *moved_to; /* this stream resumed that session, which now owns conn and xs */
     struct c2s *next_res, *prev_res; /* same account */
     struct c2s *next_all, *prev_all;
 };
@@ -79,6 +103,8 @@ static struct c2s *all_sessions;
 static size_t nsessions;
 static struct hmap by_bare; /* bare JID → first struct c2s of that account */
 static struct hmap by_ip;   /* peer IP → struct ip_state */
+static struct hmap by_smid; /* SM-ID → resumable struct c2s (XEP-0198 §5) */
+static const struct c2s_output_filter *output_filter;
 static unsigned next_id;
 
 static const char *mechanism_names[8];
@@ -210,7 +236,7 @@ bool c2s_is_authenticated(const struct c2s *s)
 
 const char *c2s_peer_ip(const struct c2s *s)
 {
-    return conn_peer_ip(s->conn);
+    return s->conn ? conn_peer_ip(s->conn) : "";
 }
 
 size_t c2s_count(void)
@@ -220,27 +246,62 @@ size_t c2s_count(void)
 
 /* ---- output ---- */
 
+static void stream_error(struct c2s *s, const char *condition, const char *text,
+                         const char *app_xml);
+static void sm_after_send(struct c2s *s);
+
+static bool on_wire(const struct c2s *s)
+{
+    return s->conn && !s->closing;
+}
+
 static void send_raw(struct c2s *s, const char *text)
 {
-    if (!s->closing)
+    if (on_wire(s))
         conn_write_str(s->conn, text);
 }
 
+/* Every stanza to the client goes through here, so that with XEP-0198 on each one is counted and
+ * kept until acknowledged — also when it cannot go out now (detached, closing). */
 static void send_stanza(struct c2s *s, const struct stanza *st)
 {
-    if (s->closing)
+    if (!on_wire(s) && !s->sm)
         return;
     struct buf b;
     buf_init(&b);
     stanza_serialize(st, NS_CLIENT, &b);
-    conn_write(s->conn, b.data, b.len);
+    if (s->sm)
+        sm_push(s->sm, st, b.len);
+    if (on_wire(s))
+        conn_write(s->conn, b.data, b.len);
     buf_fini(&b);
+    if (s->sm)
+        sm_after_send(s);
 }
 
 void c2s_deliver(struct c2s *s, const struct stanza *st)
 {
+    if (!s->bound)
+        return;
+    if (output_filter && output_filter->hold(s, st))
+        return;
+    send_stanza(s, st);
+}
+
+void c2s_deliver_now(struct c2s *s, const struct stanza *st)
+{
     if (s->bound)
         send_stanza(s, st);
+}
+
+size_t c2s_output_pending(const struct c2s *s)
+{
+    return on_wire(s) ? conn_output_pending(s->conn) : SIZE_MAX;
+}
+
+void c2s_set_output_filter(const struct c2s_output_filter *f)
+{
+    output_filter = f;
 }
 
 void c2s_send_preauth(struct c2s *s, const struct stanza *st)
@@ -279,10 +340,42 @@ static void session_end(struct c2s *s, const char *reason)
     conn_close(s->conn, reason);
 }
 
-void c2s_stream_error(struct c2s *s, const char *condition, const char *text)
+/* XEP-0198 §5: the session may not be resumed any more; it ends with its connection. */
+static void forbid_resume(struct c2s *s)
 {
-    if (s->closing)
-        return;
+    s->sm_final = true;
+    if (s->sm && sm_id(s->sm) && hmap_get(&by_smid, sm_id(s->sm)) == s)
+        hmap_del(&by_smid, sm_id(s->sm));
+}
+
+static void resume_expired(struct ev_loop *loop, void *ud);
+
+/* A detached session ends from a timer, never from its caller's stack. */
+static void end_detached(struct c2s *s)
+{
+    forbid_resume(s);
+    s->closing = true;
+    ev_timer_cancel(server.loop, s->resume_timer);
+    s->resume_timer = ev_timer_add(server.loop, 0, resume_expired, s);
+}
+
+/* Stream errors that end the session for good: the server replaced, refused or shut it down, or
+ * the client broke stream management. Others (a client's bad XML) leave a resumable session
+ * resumable, like a dropped connection (XEP-0198 §7: only a clean close ends it at once). */
+static bool error_is_final(const char *condition)
+{
+    static const char *const final[] = {"conflict", "system-shutdown", "not-authorized", "reset",
+                                        "resource-constraint", "undefined-condition",
+                                        "policy-violation"};
+    for (size_t i = 0; i < ARRAY_LEN(final); i++)
+        if (strcmp(condition, final[i]) == 0)
+            return true;
+    return false;
+}
+
+static void write_stream_error(struct c2s *s, const char *condition, const char *text,
+                               const char *app_xml)
+{
     if (!s->header_sent)
         send_header(s, NULL); /* RFC 6120 §4.9.1.1: open the stream first */
     struct buf b;
@@ -293,13 +386,34 @@ void c2s_stream_error(struct c2s *s, const char *condition, const char *text)
         xml_escape(&b, text, strlen(text), false);
         buf_puts(&b, "</text>");
     }
+    if (app_xml)
+        buf_puts(&b, app_xml); /* RFC 6120 §4.9.4: application-specific condition last */
     buf_puts(&b, "</stream:error></stream:stream>");
     send_raw(s, b.data);
     buf_fini(&b);
+}
+
+static void stream_error(struct c2s *s, const char *condition, const char *text,
+                         const char *app_xml)
+{
+    if (s->closing)
+        return;
     log_info(s->tag, "stream error %s%s%s", condition, text ? ": " : "", text ? text : "");
+    if (error_is_final(condition))
+        forbid_resume(s);
+    if (!s->conn) {
+        end_detached(s);
+        return;
+    }
+    write_stream_error(s, condition, text, app_xml);
     char *why = xasprintf("stream error: %s", condition);
     session_end(s, why);
     free(why);
+}
+
+void c2s_stream_error(struct c2s *s, const char *condition, const char *text)
+{
+    stream_error(s, condition, text, NULL);
 }
 
 void c2s_close_account(const char *bare, const char *condition, const char *text)
@@ -437,7 +551,8 @@ static void send_features(struct c2s *s)
         }
     } else {
         buf_puts(&b, "<bind xmlns='" NS_BIND "'/>"
-                     "<session xmlns='" NS_SESSION "'><optional/></session>");
+                     "<session xmlns='" NS_SESSION "'><optional/></session>"
+                     "<sm xmlns='" NS_SM "'/>"); /* XEP-0198 §2 */
         struct hook_ctx ctx = {.session = s, .out = &b};
         hooks_fire(HOOK_STREAM_FEATURES, &ctx);
     }
@@ -692,6 +807,251 @@ static void bind_resource(struct c2s *s, struct stanza *iq)
     hooks_fire(HOOK_SESSION_BOUND, &ctx);
 }
 
+/* ---- XEP-0198 stream management ---- */
+
+static void request_ack(struct c2s *s)
+{
+    ev_timer_cancel(server.loop, s->ack_timer);
+    s->ack_timer = NULL;
+    send_raw(s, "<r xmlns='" NS_SM "'/>");
+    sm_set_ack_requested(s->sm, true);
+}
+
+static void ack_timer_fired(struct ev_loop *loop, void *ud)
+{
+    (void)loop;
+    struct c2s *s = ud;
+    s->ack_timer = NULL;
+    if (on_wire(s) && sm_unacked(s->sm) && !sm_ack_requested(s->sm))
+        request_ack(s);
+}
+
+/* After a stanza joined the unacknowledged queue: enforce its bounds, and ask for an ack at
+ * once after a batch or a moment after a lone stanza (XEP-0198 §4 leaves the policy to us). */
+static void sm_after_send(struct c2s *s)
+{
+    if (sm_unacked(s->sm) > server.cfg.sm_max_unacked ||
+        sm_unacked_bytes(s->sm) > SM_QUEUE_BUFFERS * server.cfg.max_output_buffer) {
+        stream_error(s, "resource-constraint", "Too many unacknowledged stanzas", NULL);
+        return;
+    }
+    if (!on_wire(s) || sm_ack_requested(s->sm))
+        return;
+    if (sm_unacked(s->sm) >= SM_ACK_BATCH)
+        request_ack(s);
+    else if (!s->ack_timer)
+        s->ack_timer = ev_timer_add(server.loop, SM_ACK_DELAY_MS, ack_timer_fired, s);
+}
+
+/* XEP-0198 §6: <failed/> with a stanza error condition; h when we know it (§5). */
+static void sm_failed(struct c2s *s, const char *condition, const uint32_t *h)
+{
+    struct buf b;
+    buf_init(&b);
+    buf_puts(&b, "<failed xmlns='" NS_SM "'");
+    if (h)
+        buf_printf(&b, " h='%u'", (unsigned)*h);
+    buf_printf(&b, "><%s xmlns='" NS_STANZA_ERRORS "'/></failed>", condition);
+    send_raw(s, b.data);
+    buf_fini(&b);
+}
+
+/* XEP-0198 §3 (and §5 for resume='true'). */
+static void sm_enable(struct c2s *s, const struct stanza *el)
+{
+    if (!s->bound || s->sm) {
+        /* §3: only after binding, and once. */
+        sm_failed(s, "unexpected-request", NULL);
+        return;
+    }
+    unsigned timeout = server.cfg.sm_resume_timeout;
+    uint32_t max;
+    /* §5: 'max' is the client's preferred maximum; ours still bounds it. */
+    if (sm_parse_h(stanza_attr(el, "max"), &max) == 0 && max > 0 && max < timeout)
+        timeout = max;
+    char *id = NULL;
+    if (sm_parse_bool(stanza_attr(el, "resume")) && timeout > 0) {
+        id = random_id(32);
+        hmap_put(&by_smid, id, s);
+    }
+    s->sm = sm_new(id, timeout);
+    if (id) {
+        char *r = xasprintf("<enabled xmlns='" NS_SM "' id='%s' resume='true' max='%u'/>", id,
+                            timeout);
+        send_raw(s, r);
+        free(r);
+    } else {
+        send_raw(s, "<enabled xmlns='" NS_SM "'/>");
+    }
+    log_debug(s->tag, "stream management on%s", id ? " (resumable)" : "");
+    free(id);
+}
+
+/* XEP-0198 §4: an <a/> from the client. */
+static void sm_ack_in(struct c2s *s, const struct stanza *el)
+{
+    uint32_t h;
+    if (sm_parse_h(stanza_attr(el, "h"), &h) < 0) {
+        stream_error(s, "invalid-xml", "<a/> needs a numeric 'h'", NULL);
+        return;
+    }
+    if (sm_ack(s->sm, h) == 0)
+        return;
+    /* §4: acknowledging more than was sent is an undefined-condition stream error with the
+     * handled-count-too-high application condition. */
+    unsigned sent = sm_sent(s->sm);
+    char *text = xasprintf("You acknowledged %u stanzas, but I only sent you %u so far.",
+                           (unsigned)h, sent);
+    char *app = xasprintf("<handled-count-too-high xmlns='" NS_SM "' h='%u' send-count='%u'/>",
+                          (unsigned)h, sent);
+    stream_error(s, "undefined-condition", text, app);
+    free(text);
+    free(app);
+}
+
+static void free_shell(struct ev_loop *loop, void *ud)
+{
+    (void)loop;
+    struct c2s *n = ud;
+    sasl_free(n->sasl);
+    jid_fini(&n->jid);
+    free(n->bare);
+    free(n->user);
+    free(n->host);
+    free(n);
+}
+
+/* The new stream n takes over session o (XEP-0198 §5). Called from n's element callback: n's
+ * connection and parser move into o, o's old connection (if still up) is told and let go, and
+ * n's empty shell is freed on the next loop iteration. */
+static void takeover(struct c2s *o, struct c2s *n)
+{
+    ev_timer_cancel(server.loop, o->resume_timer);
+    ev_timer_cancel(server.loop, o->idle_timer);
+    ev_timer_cancel(server.loop, o->ack_timer);
+    o->resume_timer = o->idle_timer = o->ack_timer = NULL;
+    if (o->conn) {
+        /* §5: "the old stream SHOULD be terminated". Its closed callback then only releases the
+         * connection's per-IP count. */
+        if (!o->closing)
+            write_stream_error(o, "conflict", "Replaced by a resumed stream", NULL);
+        conn_set_ud(o->conn, NULL);
+        conn_close(o->conn, "replaced by a resumed stream");
+        xmlstream_free(o->xs); /* not on the stack: we are in n's callback */
+    }
+    o->conn = n->conn;
+    o->xs = n->xs;
+    conn_set_ud(o->conn, o);
+    xmlstream_set_ud(o->xs, o);
+    n->conn = NULL;
+    n->xs = NULL;
+    memcpy(o->stream_id, n->stream_id, sizeof o->stream_id);
+    o->header_sent = n->header_sent;
+    o->direct_tls = n->direct_tls;
+    o->starttls_next = false;
+    o->closing = false;
+    o->client_lacks_cb = n->client_lacks_cb;
+    memcpy(o->cb_exporter, n->cb_exporter, sizeof o->cb_exporter);
+    o->cb_exporter_len = n->cb_exporter_len;
+    memcpy(o->cb_endpoint, n->cb_endpoint, sizeof o->cb_endpoint);
+    o->cb_endpoint_len = n->cb_endpoint_len;
+    o->last_rx = n->last_rx;
+    o->idle_timer = ev_timer_add(server.loop, (uint64_t)server.cfg.c2s_idle_timeout * 1000,
+                                 idle_check, o);
+    sm_set_ack_requested(o->sm, false);
+
+    ev_timer_cancel(server.loop, n->auth_timer);
+    ev_timer_cancel(server.loop, n->idle_timer);
+    n->auth_timer = n->idle_timer = NULL;
+    n->moved_to = o;
+    if (n->prev_all)
+        n->prev_all->next_all = n->next_all;
+    else
+        all_sessions = n->next_all;
+    if (n->next_all)
+        n->next_all->prev_all = n->prev_all;
+    nsessions--;
+    ev_defer(server.loop, free_shell, n);
+}
+
+/* XEP-0198 §5: <resume/> on a fresh authenticated stream instead of binding. */
+static void sm_resume(struct c2s *s, const struct stanza *el)
+{
+    if (s->bound || s->sm) {
+        sm_failed(s, "unexpected-request", NULL);
+        return;
+    }
+    const char *previd = stanza_attr(el, "previd");
+    uint32_t h;
+    if (!previd || sm_parse_h(stanza_attr(el, "h"), &h) < 0) {
+        sm_failed(s, "bad-request", NULL);
+        return;
+    }
+    char *bare = xasprintf("%s@%s", s->user, s->host);
+    struct c2s *o = hmap_get(&by_smid, previd);
+    if (!o || !str_eq(o->bare, bare)) {
+        /* Unknown, expired, or another account's (which we do not reveal). */
+        uint32_t last;
+        bool known = sm_recall(previd, bare, now_ms(), &last);
+        log_info(s->tag, "resumption of an %s session refused", known ? "ended" : "unknown");
+        sm_failed(s, "item-not-found", known ? &last : NULL);
+        free(bare);
+        return;
+    }
+    free(bare);
+    if (sm_ack(o->sm, h) < 0) {
+        uint32_t ours = sm_handled(o->sm);
+        log_info(s->tag, "resumption refused: client acknowledged %u of %u stanzas",
+                 (unsigned)h, (unsigned)sm_sent(o->sm));
+        sm_failed(s, "undefined-condition", &ours);
+        return;
+    }
+    char *tag = xstrdup(s->tag);
+    char *ip = xstrdup(conn_peer_ip(s->conn));
+    takeover(o, s);
+    /* From here on the connection is o's. */
+    char *r = xasprintf("<resumed xmlns='" NS_SM "' h='%u' previd='%s'/>",
+                        (unsigned)sm_handled(o->sm), sm_id(o->sm));
+    send_raw(o, r);
+    free(r);
+    /* §5: retransmit what the client has not handled, keeping the queue and its numbering. */
+    size_t n = sm_unacked(o->sm);
+    struct buf b;
+    buf_init(&b);
+    for (size_t i = 0; i < n; i++)
+        stanza_serialize(sm_queued(o->sm, i), NS_CLIENT, &b);
+    if (b.len)
+        conn_write(o->conn, b.data, b.len);
+    buf_fini(&b);
+    log_info(o->tag, "resumed on %s from %s (h=%u, %zu stanzas retransmitted)", tag, ip,
+             (unsigned)sm_handled(o->sm), n);
+    free(tag);
+    free(ip);
+    if (n)
+        request_ack(o);
+    if (output_filter && output_filter->resumed)
+        output_filter->resumed(o);
+}
+
+static void sm_element(struct c2s *s, struct stanza *el)
+{
+    if (strcmp(el->name, "enable") == 0) {
+        sm_enable(s, el);
+    } else if (strcmp(el->name, "resume") == 0) {
+        sm_resume(s, el);
+    } else if (!s->sm) {
+        stream_error(s, "unsupported-stanza-type", "Stream management is not enabled", NULL);
+    } else if (strcmp(el->name, "r") == 0) {
+        char *a = xasprintf("<a xmlns='" NS_SM "' h='%u'/>", (unsigned)sm_handled(s->sm));
+        send_raw(s, a);
+        free(a);
+    } else if (strcmp(el->name, "a") == 0) {
+        sm_ack_in(s, el);
+    } else {
+        stream_error(s, "unsupported-stanza-type", NULL, NULL);
+    }
+}
+
 /* ---- stanzas ---- */
 
 static bool is_stanza(const struct stanza *el)
@@ -806,6 +1166,8 @@ static void xs_element(void *ud, struct stanza *el)
             preauth_iq(s, el);
         else
             c2s_stream_error(s, "not-authorized", "Authenticate first");
+    } else if (strcmp(el->ns, NS_SM) == 0) {
+        sm_element(s, el);
     } else if (!is_stanza(el)) {
         struct hook_ctx ctx = {.stanza = el, .session = s, .bare = s->bare};
         if (hooks_fire(HOOK_NONZA, &ctx) != HOOK_DONE)
@@ -818,6 +1180,8 @@ static void xs_element(void *ud, struct stanza *el)
         else
             c2s_stream_error(s, "not-authorized", "Bind a resource first");
     } else {
+        if (s->sm)
+            sm_received(s->sm); /* XEP-0198 §4: handled once we take it */
         bound_stanza(s, el);
         return; /* ownership passed on */
     }
@@ -829,6 +1193,8 @@ static void xs_close(void *ud)
     struct c2s *s = ud;
     if (s->closing)
         return;
+    /* XEP-0198 §7: a clean close ends the session; no resumption. */
+    forbid_resume(s);
     /* RFC 6120 §4.4: answer the close and end the TCP connection. */
     if (!s->header_sent)
         send_header(s, NULL);
@@ -850,6 +1216,8 @@ static void on_data(struct conn *c, void *ud, const char *data, size_t len)
     size_t off = 0;
     while (off < len && !s->closing) {
         ssize_t n = xmlstream_feed(s->xs, data + off, len - off);
+        if (s->moved_to)
+            s = s->moved_to; /* XEP-0198 resumption: the connection now belongs to that session */
         if (n < 0)
             return;
         off += (size_t)n;
@@ -886,15 +1254,26 @@ static void on_tls_ready(struct conn *c, void *ud)
         s->cb_endpoint_len = 0;
 }
 
-static void on_closed(struct conn *c, void *ud, const char *reason)
+/* The session ends for real: modules see it go while it is still registered, then what it never
+ * acknowledged is redelivered elsewhere (XEP-0198 §5), then it is freed. Never called from one of
+ * its own callbacks: from its connection's closed callback or a timer. */
+static void session_destroy(struct c2s *s)
 {
-    (void)c;
-    struct c2s *s = ud;
-    log_info(s->tag, "disconnected: %s", reason);
+    if (s->sm && sm_id(s->sm) && s->bare)
+        sm_remember(sm_id(s->sm), s->bare, sm_handled(s->sm), now_ms(),
+                    (uint64_t)server.cfg.sm_resume_timeout * 1000 + 60000);
+    forbid_resume(s);
     session_unbind(s);
-    ip_release(conn_peer_ip(s->conn));
+    if (s->sm) {
+        size_t n = sm_unacked(s->sm);
+        if (n)
+            log_info(s->tag, "redelivering %zu unacknowledged stanzas", n);
+        sm_redeliver(s->sm, s->host);
+    }
     ev_timer_cancel(server.loop, s->auth_timer);
     ev_timer_cancel(server.loop, s->idle_timer);
+    ev_timer_cancel(server.loop, s->resume_timer);
+    ev_timer_cancel(server.loop, s->ack_timer);
     if (s->prev_all)
         s->prev_all->next_all = s->next_all;
     else
@@ -904,6 +1283,7 @@ static void on_closed(struct conn *c, void *ud, const char *reason)
     nsessions--;
     xmlstream_free(s->xs);
     sasl_free(s->sasl);
+    sm_free(s->sm);
     jid_fini(&s->jid);
     free(s->bare);
     free(s->user);
@@ -911,6 +1291,43 @@ static void on_closed(struct conn *c, void *ud, const char *reason)
     free(s);
     if (server.shutting_down && nsessions == 0)
         ev_stop(server.loop);
+}
+
+static void resume_expired(struct ev_loop *loop, void *ud)
+{
+    (void)loop;
+    struct c2s *s = ud;
+    s->resume_timer = NULL;
+    if (!s->closing)
+        log_info(s->tag, "not resumed in time: session ends");
+    session_destroy(s);
+}
+
+static void on_closed(struct conn *c, void *ud, const char *reason)
+{
+    ip_release(conn_peer_ip(c));
+    struct c2s *s = ud;
+    if (!s)
+        return; /* replaced by a resumed stream; the session lives on with that one */
+    log_info(s->tag, "disconnected: %s", reason);
+    ev_timer_cancel(server.loop, s->auth_timer);
+    ev_timer_cancel(server.loop, s->idle_timer);
+    ev_timer_cancel(server.loop, s->ack_timer);
+    s->auth_timer = s->idle_timer = s->ack_timer = NULL;
+    xmlstream_free(s->xs);
+    s->xs = NULL;
+    s->conn = NULL;
+    if (s->bound && s->sm && sm_id(s->sm) && !s->sm_final && !server.shutting_down) {
+        /* XEP-0198 §5, §7: an unfinished stream; keep the session for its resumption. */
+        s->closing = false;
+        sm_set_ack_requested(s->sm, false);
+        s->resume_timer = ev_timer_add(server.loop, (uint64_t)sm_timeout(s->sm) * 1000,
+                                       resume_expired, s);
+        log_info(s->tag, "session kept %us for resumption (%zu unacknowledged)",
+                 sm_timeout(s->sm), sm_unacked(s->sm));
+        return;
+    }
+    session_destroy(s);
 }
 
 static void accept_one(int fd, bool direct_tls)
@@ -997,6 +1414,7 @@ int c2s_init(char *err, size_t errlen)
 {
     hmap_init(&by_bare);
     hmap_init(&by_ip);
+    hmap_init(&by_smid);
     for (size_t i = 0; i < server.cfg.n_c2s_listen; i++)
         if (listen_on(&server.cfg.c2s_listen[i], false, err, errlen) < 0)
             return -1;
@@ -1017,15 +1435,30 @@ static void close_listeners(void)
     }
 }
 
+/* Detached sessions end at once: their unacknowledged messages go to offline storage. Ending one
+ * frees only itself (rerouting never frees a session), so the saved next pointer stays valid. */
+static void end_all_detached(void)
+{
+    struct c2s *s = all_sessions;
+    while (s) {
+        struct c2s *next = s->next_all;
+        if (!s->conn)
+            session_destroy(s);
+        s = next;
+    }
+}
+
 void c2s_shutdown(void)
 {
     close_listeners();
+    end_all_detached();
     for (struct c2s *s = all_sessions; s; s = s->next_all)
         c2s_stream_error(s, "system-shutdown", "The server is shutting down");
 }
 
 void c2s_abort_all(void)
 {
+    end_all_detached();
     for (struct c2s *s = all_sessions; s; s = s->next_all) {
         s->closing = true;
         conn_abort(s->conn, "shutdown");
@@ -1042,4 +1475,6 @@ void c2s_fini(void)
         free(v);
     hmap_fini(&by_ip);
     hmap_fini(&by_bare);
+    hmap_fini(&by_smid);
+    sm_forget_all();
 }

@@ -109,6 +109,11 @@ struct conn *conn_new(struct ev_loop *loop, int fd, const char *tag, size_t max_
     return c;
 }
 
+void conn_set_ud(struct conn *c, void *ud)
+{
+    c->ud = ud;
+}
+
 const char *conn_tag(const struct conn *c)
 {
     return c->tag;

@@ -222,9 +222,11 @@ static void outbound_subscription(struct c2s *s, struct stanza *p, const char *t
             it.in_roster = true;
             changed = true;
         } else if (it.sub == ROSTER_NONE || it.sub == ROSTER_TO) {
-            /* RFC 6121 §3.4: pre-approval, kept on our side, not routed. */
-            if (!it.approved) {
+            /* RFC 6121 §3.4: pre-approval, kept on our side, not routed; the item becomes
+             * visible with approved='true' (§3.4.1). */
+            if (!it.approved || !it.in_roster) {
                 it.approved = true;
+                it.in_roster = true;
                 changed = true;
             }
             route = false;
@@ -340,9 +342,17 @@ static void answer_probe(const struct jid *user, const char *bare, const char *p
         router_route(presence_new(bare, prober, "unavailable"), NULL);
 }
 
-static void auto_reply(const char *bare, const char *contact, const char *type)
+/* Answers a subscription request the user approved in advance (already subscribed, or
+ * pre-approved, RFC 6121 §3.1.3 and §3.4): `subscribed`, then, as after any approval
+ * (§3.1.5), the user's current presence. */
+static void auto_approve(const char *bare, const char *contact)
 {
-    router_route(presence_new(bare, contact, type), NULL);
+    router_route(presence_new(bare, contact, "subscribed"), NULL);
+    for (struct c2s *r = c2s_first(bare); r; r = c2s_next(r)) {
+        struct presence_state *ps = c2s_slot(r, C2S_SLOT_PRESENCE);
+        if (c2s_available(r) && ps && ps->last)
+            route_copy(ps->last, stanza_attr(ps->last, "from"), contact);
+    }
 }
 
 static int inbound_presence(struct hook_ctx *ctx)
@@ -372,13 +382,15 @@ static int inbound_presence(struct hook_ctx *ctx)
         stanza_set_attr(p, "from", contact);
         if (strcmp(type, "subscribe") == 0) {
             if (it.sub == ROSTER_FROM || it.sub == ROSTER_BOTH) {
-                auto_reply(ctx->bare, contact, "subscribed"); /* already approved (§3.1.3) */
+                auto_approve(ctx->bare, contact); /* already approved (§3.1.3) */
             } else if (it.approved) {
                 it.sub = it.sub == ROSTER_TO ? ROSTER_BOTH : ROSTER_FROM;
                 it.approved = false;
                 it.in_roster = true;
                 changed = true;
-                auto_reply(ctx->bare, contact, "subscribed"); /* pre-approved (§3.4) */
+                roster_put(user->domain, user->local, &it);
+                changed = false;
+                auto_approve(ctx->bare, contact); /* pre-approved (§3.4) */
             } else {
                 if (!it.pending_in) {
                     it.pending_in = true;

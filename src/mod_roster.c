@@ -267,6 +267,12 @@ static void push(const char *host, const char *user, const struct roster_item *i
 int roster_put(const char *host, const char *user, const struct roster_item *it)
 {
     bool keep = it->in_roster || it->pending_in || it->approved;
+    struct roster_item before;
+    bool was_visible = false;
+    if (roster_get(host, user, it->jid, &before) == 0) {
+        was_visible = before.in_roster;
+        roster_item_fini(&before);
+    }
     int rc;
     if (keep) {
         struct buf b;
@@ -282,10 +288,11 @@ int roster_put(const char *host, const char *user, const struct roster_item *it)
     if (rc != 0)
         return -1;
     unsigned long long ver = bump_version(host, user);
-    /* Pending requests without a roster item are invisible to the client (RFC 6121 §3.1.3). */
+    /* Pending requests without a roster item are invisible to the client (RFC 6121 §3.1.3):
+     * only a visible item, or one that just stopped being visible, is pushed. */
     if (it->in_roster)
         push(host, user, it, false, ver);
-    else
+    else if (was_visible)
         push(host, user, it, true, ver);
     return 0;
 }
@@ -364,6 +371,17 @@ static const char *remove_item(struct iq_request *req, const char *contact)
         send_presence_type(bare, contact, "unsubscribe");
     if (it.sub == ROSTER_FROM || it.sub == ROSTER_BOTH || it.pending_in)
         send_presence_type(bare, contact, "unsubscribed");
+    if (it.sub == ROSTER_FROM || it.sub == ROSTER_BOTH) {
+        /* RFC 6121 §2.5.2 with §3.2.2: the contact stops seeing the user, so it hears the
+         * user's resources go unavailable. */
+        for (struct c2s *r = c2s_first(bare); r; r = c2s_next(r)) {
+            if (!c2s_available(r))
+                continue;
+            char *rf = jid_to_string(c2s_jid(r));
+            send_presence_type(rf, contact, "unavailable");
+            free(rf);
+        }
+    }
     free(bare);
     struct roster_item gone = {.jid = it.jid};
     roster_put(host, user, &gone);

@@ -152,6 +152,12 @@ static void route_presence(struct stanza *st, const struct jid *to, const char *
             c2s_deliver(s, st);
 }
 
+static int iq_in(struct stanza *st, const struct jid *to, const char *bare)
+{
+    struct hook_ctx in = {.stanza = st, .to = to, .bare = bare};
+    return hooks_fire(HOOK_IQ_IN, &in);
+}
+
 void router_route(struct stanza *st, struct c2s *origin)
 {
     const char *to_s = stanza_attr(st, "to");
@@ -195,6 +201,8 @@ void router_route(struct stanza *st, struct c2s *origin)
         route_message(st, &to, bare);
     } else if (strcmp(kind, "presence") == 0) {
         route_presence(st, &to, bare);
+    } else if (iq_in(st, &to, bare) == HOOK_DONE) {
+        /* consumed by a module (e.g. XEP-0191 blocking) */
     } else if (to.resource) {
         struct c2s *s = c2s_find(bare, to.resource);
         const char *type = stanza_attr(st, "type");

@@ -31,8 +31,27 @@ void c2s_set_presence(struct c2s *s, bool available, int priority);
 bool c2s_available(const struct c2s *s);        /* sent available presence */
 int c2s_priority(const struct c2s *s);
 
-/* Sends a stanza to the client (serialized; the stanza stays the caller's). */
+/* Sends a stanza to the client (serialized; the stanza stays the caller's). It passes the output
+ * filter first, if one is set; with XEP-0198 on, it counts as sent and is kept until acknowledged
+ * (also while the session waits detached for resumption). */
 void c2s_deliver(struct c2s *s, const struct stanza *st);
+
+/* An output filter between c2s_deliver() and the stream (XEP-0352 client state indication).
+ * hold() returns true when it kept (a copy of) st to release later through c2s_deliver_now(),
+ * false to let st go out now; it may release held stanzas before answering false. resumed() is
+ * called when a new connection resumed the session (XEP-0198), whose state starts afresh
+ * (XEP-0352 §5.2). One filter at a time; NULL removes it. */
+struct c2s_output_filter {
+    bool (*hold)(struct c2s *s, const struct stanza *st);
+    void (*resumed)(struct c2s *s);
+};
+void c2s_set_output_filter(const struct c2s_output_filter *f);
+/* Sends past the filter. */
+void c2s_deliver_now(struct c2s *s, const struct stanza *st);
+/* Bytes queued for the client and not yet written (a client is dropped once they pass
+ * max_output_buffer); SIZE_MAX while the session has no connection to write to. For senders of
+ * bulk output (offline messages, archive pages) to pace themselves. */
+size_t c2s_output_pending(const struct c2s *s);
 /* Closes a session with a stream error (condition per RFC 6120 §4.9.3). */
 void c2s_stream_error(struct c2s *s, const char *condition, const char *text);
 /* Closes every session of bare (e.g. account removed). */

@@ -33,6 +33,10 @@ struct conn_ops {
 struct conn *conn_new(struct ev_loop *loop, int fd, const char *tag, size_t max_output,
                       const struct conn_ops *ops, void *ud);
 
+/* Hands the connection to another owner: later callbacks get ud (may be NULL). Safe from inside
+ * a callback of this connection. */
+void conn_set_ud(struct conn *c, void *ud);
+
 const char *conn_tag(const struct conn *c);
 const char *conn_peer_ip(const struct conn *c); /* textual peer address, "" if unknown */
 bool conn_is_tls(const struct conn *c);         /* handshake done */

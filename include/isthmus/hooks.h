@@ -42,6 +42,9 @@ enum hook_event {
      * <active/>). DONE = understood; otherwise unsupported-stanza-type. */
     HOOK_NONZA,
     HOOK_ACCOUNT_DELETED,
+    /* An IQ for an existing local account (its bare JID or one of its full JIDs), before it is
+     * handled on the account's behalf or delivered. DONE = consumed (answered or dropped). */
+    HOOK_IQ_IN,
     HOOK_COUNT
 };
 

@@ -13,7 +13,9 @@ srv = None
 
 def setup_module():
     global srv
-    srv = h.Server().start()
+    # Offline storage off: these tests check RFC 6121 §8.5 routing itself, where a message
+    # nobody can take is answered with service-unavailable (test_offline covers storage).
+    srv = h.Server({'offline': {'max_messages': '0'}}).start()
 
 
 def teardown_module():
