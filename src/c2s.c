@@ -36,7 +36,6 @@
 
 #define NS_REGISTER_FEATURE "http://jabber.org/features/iq-register"
 #define NS_SASL_CB "urn:xmpp:sasl-cb:0"
-#define NS_DELAY "urn:xmpp:delay"
 
 /* XEP-0198 acknowledgement requests: at once after this many unacknowledged stanzas, else this
  * long after the first one. */

@@ -39,48 +39,9 @@ static bool active(void)
 
 /* ---- parsing a stored stanza ---- */
 
-struct parse_result {
-    struct stanza *el;
-};
-
-static void parsed_open(void *ud, const struct stanza *header, const char *default_ns)
-{
-    (void)ud, (void)header, (void)default_ns;
-}
-
-static void parsed_element(void *ud, struct stanza *el)
-{
-    struct parse_result *r = ud;
-    if (r->el)
-        stanza_free(r->el);
-    r->el = el;
-}
-
-static void parsed_close(void *ud)
-{
-    (void)ud;
-}
-
-static void parsed_error(void *ud, const char *condition, const char *text)
-{
-    (void)ud;
-    log_warn(NULL, "offline: stored message does not parse: %s %s", condition, text ? text : "");
-}
-
-/* The stanza serialized in xml (as stored by store()), or NULL. Caller frees. */
 static struct stanza *parse_stored(const char *xml, size_t len)
 {
-    static const struct xmlstream_cb cb = {parsed_open, parsed_element, parsed_close, parsed_error};
-    static const char header[] =
-        "<stream:stream xmlns='" NS_CLIENT "' xmlns:stream='" NS_STREAMS "'>";
-    struct parse_result r = {NULL};
-    struct xmlstream *xs = xmlstream_new(&cb, &r, len + sizeof header, server.cfg.max_depth + 8);
-    if (xmlstream_feed(xs, header, sizeof header - 1) < 0 || xmlstream_feed(xs, xml, len) < 0) {
-        stanza_free(r.el);
-        r.el = NULL;
-    }
-    xmlstream_free(xs);
-    return r.el;
+    return xmlstream_parse_element(xml, len, server.cfg.max_depth + 8);
 }
 
 /* ---- storing ---- */

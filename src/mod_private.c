@@ -18,55 +18,9 @@
 
 /* ---- stored XML back into a tree ---- */
 
-struct parsed {
-    struct stanza *el;
-    bool failed;
-};
-
-static void p_open(void *ud, const struct stanza *header, const char *default_ns)
-{
-    (void)ud, (void)header, (void)default_ns;
-}
-
-static void p_element(void *ud, struct stanza *el)
-{
-    struct parsed *p = ud;
-    if (p->el) {
-        p->failed = true;
-        stanza_free(el);
-        return;
-    }
-    p->el = el;
-}
-
-static void p_close(void *ud)
-{
-    (void)ud;
-}
-
-static void p_error(void *ud, const char *condition, const char *text)
-{
-    struct parsed *p = ud;
-    (void)condition, (void)text;
-    p->failed = true;
-}
-
-/* Parses one element we serialized earlier. Returns the tree (caller frees) or NULL. */
 static struct stanza *parse_stored(const char *xml, size_t len)
 {
-    static const struct xmlstream_cb cb = {p_open, p_element, p_close, p_error};
-    static const char header[] =
-        "<stream:stream xmlns='" NS_CLIENT "' xmlns:stream='" NS_STREAMS "'>";
-    struct parsed p = {0};
-    struct xmlstream *xs = xmlstream_new(&cb, &p, len + sizeof header, server.cfg.max_depth);
-    if (xmlstream_feed(xs, header, sizeof header - 1) < 0 || xmlstream_feed(xs, xml, len) < 0)
-        p.failed = true;
-    xmlstream_free(xs);
-    if (p.failed || !p.el) {
-        stanza_free(p.el);
-        return NULL;
-    }
-    return p.el;
+    return xmlstream_parse_element(xml, len, server.cfg.max_depth);
 }
 
 /* ---- jabber:iq:private ---- */

@@ -528,3 +528,53 @@ int xmlstream_is_open(const struct xmlstream *xs)
 {
     return xs && !xs->dead && xs->state == XS_OPEN;
 }
+
+/* ---- one stored element ---- */
+
+struct parse_one {
+    struct stanza *el;
+    bool failed;
+};
+
+static void one_open(void *ud, const struct stanza *header, const char *default_ns)
+{
+    (void)ud, (void)header, (void)default_ns;
+}
+
+static void one_element(void *ud, struct stanza *el)
+{
+    struct parse_one *p = ud;
+    if (p->el)
+        p->failed = true; /* more than one element */
+    stanza_free(p->el);
+    p->el = el;
+}
+
+static void one_close(void *ud)
+{
+    (void)ud;
+}
+
+static void one_error(void *ud, const char *condition, const char *text)
+{
+    struct parse_one *p = ud;
+    (void)condition, (void)text;
+    p->failed = true;
+}
+
+struct stanza *xmlstream_parse_element(const char *xml, size_t len, unsigned max_depth)
+{
+    static const struct xmlstream_cb cb = {one_open, one_element, one_close, one_error};
+    static const char header[] = "<stream:stream xmlns='" NS_CLIENT "' xmlns:stream='" NS_STREAMS
+                                 "'>";
+    struct parse_one p = {NULL, false};
+    struct xmlstream *xs = xmlstream_new(&cb, &p, len + sizeof header, max_depth + 1);
+    if (xmlstream_feed(xs, header, sizeof header - 1) < 0 || xmlstream_feed(xs, xml, len) < 0)
+        p.failed = true;
+    xmlstream_free(xs);
+    if (p.failed) {
+        stanza_free(p.el);
+        return NULL;
+    }
+    return p.el;
+}

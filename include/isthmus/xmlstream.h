@@ -59,6 +59,11 @@ void xmlstream_restart(struct xmlstream *xs);
  * header's namespace declarations. Returns true when memory was released. Not from a callback. */
 bool xmlstream_hibernate(struct xmlstream *xs);
 
+/* Parses one element serialized earlier (stored vCards, private XML, archived messages), in
+ * the jabber:client namespace context. NULL when it is not exactly one well-formed element.
+ * Caller frees. */
+struct stanza *xmlstream_parse_element(const char *xml, size_t len, unsigned max_depth);
+
 /* True when a stream header has been received and the stream is not dead. */
 int xmlstream_is_open(const struct xmlstream *xs);
 
