@@ -60,6 +60,7 @@ struct c2s {
     bool sasl_wants_initial; /* <auth/> had no initial response */
     unsigned sasl_failures;
     bool client_lacks_cb; /* see struct sasl_channel */
+    bool hibernating;     /* the XML parser was released by idle_check */
     unsigned char cb_exporter[CHANBIND_MAX];
     size_t cb_exporter_len;
     unsigned char cb_endpoint[CHANBIND_MAX];
@@ -483,18 +484,40 @@ static void auth_timeout(struct ev_loop *loop, void *ud)
 
 /* After idle_timeout without input, send a whitespace keepalive (RFC 6120 §4.6.1); a dead
  * peer then fails at the TCP level. Re-armed lazily, not on every read. */
+/* A session silent for [c2s] hibernate_after gives back its XML parser's memory
+ * (xmlstream_hibernate, ~10 KB); waking it costs ~3 us, so busy sessions are left alone. */
+#define HIBERNATE_AFTER_MS ((uint64_t)server.cfg.c2s_hibernate_after * 1000)
+
+/* Timer for quiet sessions: hibernate the parser after HIBERNATE_AFTER_MS, and after
+ * idle_timeout without input send a whitespace keepalive (RFC 6120 §4.6.1), so a dead peer
+ * fails at the TCP level. Re-armed lazily from last_rx, never on every read. */
 static void idle_check(struct ev_loop *loop, void *ud)
 {
     struct c2s *s = ud;
     s->idle_timer = NULL;
     uint64_t idle_ms = (uint64_t)server.cfg.c2s_idle_timeout * 1000;
     uint64_t since = now_ms() - s->last_rx;
+    if (since >= HIBERNATE_AFTER_MS && s->xs && xmlstream_hibernate(s->xs)) {
+        s->hibernating = true;
+        log_debug(s->tag, "quiet: XML parser released until the next stanza");
+    }
+    uint64_t next;
     if (since >= idle_ms) {
         send_raw(s, " ");
-        since = 0;
+        next = idle_ms;
+    } else {
+        next = since < HIBERNATE_AFTER_MS ? HIBERNATE_AFTER_MS - since : idle_ms - since;
+        if (next > idle_ms - since)
+            next = idle_ms - since;
     }
     if (!s->closing)
-        s->idle_timer = ev_timer_add(loop, idle_ms - since, idle_check, s);
+        s->idle_timer = ev_timer_add(loop, next, idle_check, s);
+}
+
+static uint64_t first_idle_check_ms(void)
+{
+    uint64_t idle_ms = (uint64_t)server.cfg.c2s_idle_timeout * 1000;
+    return idle_ms < HIBERNATE_AFTER_MS ? idle_ms : HIBERNATE_AFTER_MS;
 }
 
 /* ---- features ---- */
@@ -955,8 +978,7 @@ static void takeover(struct c2s *o, struct c2s *n)
     memcpy(o->cb_endpoint, n->cb_endpoint, sizeof o->cb_endpoint);
     o->cb_endpoint_len = n->cb_endpoint_len;
     o->last_rx = n->last_rx;
-    o->idle_timer = ev_timer_add(server.loop, (uint64_t)server.cfg.c2s_idle_timeout * 1000,
-                                 idle_check, o);
+    o->idle_timer = ev_timer_add(server.loop, first_idle_check_ms(), idle_check, o);
     sm_set_ack_requested(o->sm, false);
 
     ev_timer_cancel(server.loop, n->auth_timer);
@@ -1212,6 +1234,12 @@ static void on_data(struct conn *c, void *ud, const char *data, size_t len)
 {
     struct c2s *s = ud;
     s->last_rx = now_ms();
+    if (s->hibernating) {
+        /* Awake again: look back in hibernate_after rather than at the keepalive deadline. */
+        s->hibernating = false;
+        ev_timer_cancel(server.loop, s->idle_timer);
+        s->idle_timer = ev_timer_add(server.loop, first_idle_check_ms(), idle_check, s);
+    }
     size_t off = 0;
     while (off < len && !s->closing) {
         ssize_t n = xmlstream_feed(s->xs, data + off, len - off);
@@ -1352,8 +1380,7 @@ static void accept_one(int fd, bool direct_tls)
     }
     s->auth_timer = ev_timer_add(server.loop, (uint64_t)server.cfg.c2s_auth_timeout * 1000,
                                  auth_timeout, s);
-    s->idle_timer = ev_timer_add(server.loop, (uint64_t)server.cfg.c2s_idle_timeout * 1000,
-                                 idle_check, s);
+    s->idle_timer = ev_timer_add(server.loop, first_idle_check_ms(), idle_check, s);
     if (direct_tls && conn_start_tls(s->conn, tls_default_ctx()) < 0)
         c2s_stream_error(s, "internal-server-error", NULL);
 }

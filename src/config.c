@@ -77,6 +77,7 @@ static const struct directive directives[] = {
     {"c2s", "require_tls", T_BOOL, CFG(c2s_require_tls), 0, "true", 0, 0, 0},
     {"c2s", "auth_timeout", T_UINT, CFG(c2s_auth_timeout), 0, "30", 1, 3600, 0},
     {"c2s", "idle_timeout", T_UINT, CFG(c2s_idle_timeout), 0, "600", 1, 86400, 0},
+    {"c2s", "hibernate_after", T_UINT, CFG(c2s_hibernate_after), 0, "10", 1, 86400, 0},
     {"c2s", "auth_failures", T_UINT, CFG(auth_failures), 0, "5", 1, 1000, 0},
     {"c2s", "auth_failure_window", T_UINT, CFG(auth_failure_window), 0, "60", 1, 86400, 0},
     {"c2s", "max_connections_per_ip", T_UINT, CFG(max_connections_per_ip), 0, "0", 0, 1000000, 0},

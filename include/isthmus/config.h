@@ -21,6 +21,7 @@
  *             max_depth (32), scram_iterations (4096), max_output_buffer (1M)
  *   [c2s]     listen (127.0.0.1:5222), tls_listen (127.0.0.1:5223; empty = none),
  *             require_tls (true), auth_timeout (30 s), idle_timeout (600 s),
+ *             hibernate_after (10 s: a silent stream frees its XML parser until it speaks),
  *             auth_failures (5) per auth_failure_window (60 s) per IP, then refused for that
  *             window; max_connections_per_ip (0 = unlimited)
  *   [roster]  max_items (1000) per user, then <not-allowed/> / <resource-constraint/>
@@ -76,6 +77,7 @@ struct config {
     bool c2s_require_tls;
     unsigned c2s_auth_timeout;
     unsigned c2s_idle_timeout;
+    unsigned c2s_hibernate_after; /* seconds of silence before the XML parser is freed */
     unsigned auth_failures;
     unsigned auth_failure_window;
     unsigned max_connections_per_ip;

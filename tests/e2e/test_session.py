@@ -377,3 +377,25 @@ def test_stanza_before_bind_refused():
         check(ok, 'stanza before bind was not refused: %r' % raw.received[-400:])
     finally:
         raw.close()
+
+
+async def test_hibernated_streams_wake_up():
+    """Sessions silent for [c2s] hibernate_after free their XML parser; the next stanza must
+    rebuild it transparently, on both ends of a conversation."""
+    with h.Server({'c2s': {'hibernate_after': '1'}, 'server': {'log_level': 'debug'}}) as s:
+        a_jid, a_pw = s.new_user('hib')
+        b_jid, b_pw = s.new_user('hib')
+        a = await h.connect(s, a_jid + '/a', a_pw)
+        b = await h.connect(s, b_jid + '/b', b_pw)
+        got = asyncio.Queue()
+        b.add_event_handler('message', lambda m: got.put_nowait(m['body']))
+        for round_ in range(2):
+            await asyncio.sleep(2.5)  # both streams hibernate
+            a.send_message(mto=b_jid + '/b', mbody='after nap %d' % round_, mtype='chat')
+            body = await asyncio.wait_for(got.get(), 10)
+            check(body == 'after nap %d' % round_, 'got %r' % body)
+        # a's stream sleeps, wakes to send, sleeps again; b only receives, so it sleeps once.
+        naps = s.log().count('XML parser released')
+        check(naps >= 3, 'streams hibernated %d times' % naps)
+        await a.close()
+        await b.close()
