@@ -4,7 +4,7 @@
 
 CC ?= cc
 BUILD ?= build
-PKGS := expat openssl sqlite3 libidn libidn2
+PKGS := expat openssl sqlite3 libidn libidn2 libcares
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS := $(shell pkg-config --libs $(PKGS))
 
@@ -73,14 +73,19 @@ $(BUILD)/tests/strophe_client: tests/e2e/strophe_client.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g -o $@ $< $(shell pkg-config --cflags --libs libstrophe)
 
+# Our resolver on our loop, against the DNS server that tests/e2e/test_dns.py starts.
+$(BUILD)/tests/resolve_tool: tests/e2e/resolve_tool.c $(LIB) $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
 unit: $(UNIT_BIN)
 	@fail=0; for t in $(UNIT_BIN); do $$t || fail=1; done; exit $$fail
 
 test: test-deps
-	$(MAKE) all $(BUILD)/tests/strophe_client
+	$(MAKE) all $(BUILD)/tests/strophe_client $(BUILD)/tests/resolve_tool
 	ISTHMUS_BUILD=$(BUILD) tests/run
 
-e2e: all $(BUILD)/tests/strophe_client
+e2e: all $(BUILD)/tests/strophe_client $(BUILD)/tests/resolve_tool
 	ISTHMUS_BUILD=$(BUILD) tests/run e2e
 
 # libFuzzer targets: clang, ASan + UBSan, the core sources compiled in directly.

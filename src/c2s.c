@@ -112,7 +112,8 @@ static const char *mechanism_names[8];
 static void on_data(struct conn *c, void *ud, const char *data, size_t len);
 static void on_tls_ready(struct conn *c, void *ud);
 static void on_closed(struct conn *c, void *ud, const char *reason);
-static const struct conn_ops c2s_conn_ops = {on_data, on_tls_ready, on_closed};
+static const struct conn_ops c2s_conn_ops = {
+    .data = on_data, .tls_ready = on_tls_ready, .closed = on_closed};
 
 static void xs_open(void *ud, const struct stanza *header, const char *default_ns);
 static void xs_element(void *ud, struct stanza *el);
@@ -1316,8 +1317,7 @@ static void session_destroy(struct c2s *s)
     free(s->user);
     free(s->host);
     free(s);
-    if (server.shutting_down && nsessions == 0)
-        ev_stop(server.loop);
+    server_check_drained();
 }
 
 static void resume_expired(struct ev_loop *loop, void *ud)

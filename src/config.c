@@ -34,6 +34,8 @@ enum directive_type {
     T_TLS_VERSION, /* int, 0x0303 / 0x0304 */
     T_ADDR_LIST,   /* struct config_addr * at offset, size_t count at count_offset */
     T_ARCHIVE_POLICY, /* int, enum archive_policy: always | roster | never */
+    T_DOMAIN_LIST,    /* char ** at offset, size_t count at count_offset: "a.example, b.example" */
+    T_ROUTE_LIST,     /* struct config_route *, count: "a.example=127.0.0.2:5269, ..." */
 };
 
 #define D_REQUIRED 1u /* an empty value is an error (types where empty would mean NULL) */
@@ -82,6 +84,21 @@ static const struct directive directives[] = {
     {"c2s", "auth_failure_window", T_UINT, CFG(auth_failure_window), 0, "60", 1, 86400, 0},
     {"c2s", "max_connections_per_ip", T_UINT, CFG(max_connections_per_ip), 0, "0", 0, 1000000, 0},
 
+    {"s2s", "listen", T_ADDR_LIST, CFG(s2s_listen), CFG(n_s2s_listen), "", 0, 0, 0},
+    {"s2s", "tls_listen", T_ADDR_LIST, CFG(s2s_tls_listen), CFG(n_s2s_tls_listen), "", 0, 0, 0},
+    {"s2s", "require_encryption", T_BOOL, CFG(s2s_require_encryption), 0, "true", 0, 0, 0},
+    {"s2s", "require_valid_certificates", T_BOOL, CFG(s2s_require_valid_certs), 0, "false", 0, 0,
+     0},
+    {"s2s", "dialback", T_BOOL, CFG(s2s_dialback), 0, "true", 0, 0, 0},
+    {"s2s", "allow", T_DOMAIN_LIST, CFG(s2s_allow), CFG(n_s2s_allow), "", 0, 0, 0},
+    {"s2s", "deny", T_DOMAIN_LIST, CFG(s2s_deny), CFG(n_s2s_deny), "", 0, 0, 0},
+    {"s2s", "routes", T_ROUTE_LIST, CFG(s2s_routes), CFG(n_s2s_routes), "", 0, 0, 0},
+    {"s2s", "nameserver", T_ADDR_LIST, CFG(s2s_nameserver), CFG(n_s2s_nameserver), "", 0, 0, 0},
+    {"s2s", "ca_file", T_PATH, CFG(s2s_ca_file), 0, "/etc/ssl/certs/ca-certificates.crt", 0, 0, 0},
+    {"s2s", "connect_timeout", T_UINT, CFG(s2s_connect_timeout), 0, "20", 1, 600, 0},
+    {"s2s", "idle_timeout", T_UINT, CFG(s2s_idle_timeout), 0, "600", 10, 86400, 0},
+    {"s2s", "max_queue", T_UINT, CFG(s2s_max_queue), 0, "500", 1, 100000, 0},
+
     {"tls", "min_version", T_TLS_VERSION, CFG(tls_min_version), 0, "1.2", 0, 0, 0},
     {"tls", "ciphers", T_STRING, CFG(tls_ciphers), 0, NULL, 0, 0, 0},
     {"tls", "ciphersuites", T_STRING, CFG(tls_ciphersuites), 0, NULL, 0, 0, 0},
@@ -122,6 +139,7 @@ static int host_close(struct parser *p, void *base);
 static const struct section_def sections[] = {
     {"server", false, NULL, NULL},
     {"c2s", false, NULL, NULL},
+    {"s2s", false, NULL, NULL},
     {"tls", false, NULL, NULL},
     {"roster", false, NULL, NULL},
     {"offline", false, NULL, NULL},
@@ -360,6 +378,105 @@ static char *resolve_path(const char *base_dir, const char *v)
     return xasprintf("%s%s%s", base_dir, base_dir[n - 1] == '/' ? "" : "/", v);
 }
 
+static char *host_name_prepare(const char *arg, char *msg, size_t msglen);
+
+static void free_names(char **names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
+static void free_routes(struct config_route *r, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(r[i].domain);
+        free(r[i].addr.host);
+    }
+    free(r);
+}
+
+/* Splits a comma-separated value into trimmed items; fn handles each. Empty items are errors. */
+static int each_item(const char *v, int (*fn)(void *ud, const char *item, size_t len, char *msg,
+                                              size_t msglen),
+                     void *ud, char *msg, size_t msglen)
+{
+    if (!*v)
+        return 0;
+    for (const char *s = v;;) {
+        const char *comma = strchr(s, ',');
+        const char *e = comma ? comma : s + strlen(s);
+        while (is_space(*s))
+            s++;
+        while (e > s && is_space(e[-1]))
+            e--;
+        if (e == s) {
+            snprintf(msg, msglen, "empty item in '%s'", v);
+            return -1;
+        }
+        if (fn(ud, s, (size_t)(e - s), msg, msglen) < 0)
+            return -1;
+        if (!comma)
+            return 0;
+        s = comma + 1;
+    }
+}
+
+struct name_list {
+    char **names;
+    size_t n;
+};
+
+static int add_name(void *ud, const char *item, size_t len, char *msg, size_t msglen)
+{
+    struct name_list *l = ud;
+    char *raw = xstrndup(item, len);
+    char why[128];
+    char *name = host_name_prepare(raw, why, sizeof why);
+    if (!name) {
+        snprintf(msg, msglen, "'%s' is not a domain name: %s", raw, why);
+        free(raw);
+        return -1;
+    }
+    free(raw);
+    l->names = xrealloc(l->names, (l->n + 1) * sizeof *l->names);
+    l->names[l->n++] = name;
+    return 0;
+}
+
+struct route_list {
+    struct config_route *routes;
+    size_t n;
+};
+
+static int add_route(void *ud, const char *item, size_t len, char *msg, size_t msglen)
+{
+    struct route_list *l = ud;
+    const char *eq = memchr(item, '=', len);
+    if (!eq) {
+        snprintf(msg, msglen, "expected DOMAIN=HOST:PORT, got '%.*s'", (int)len, item);
+        return -1;
+    }
+    struct name_list dn = {NULL, 0};
+    size_t dlen = (size_t)(eq - item);
+    while (dlen && is_space(item[dlen - 1]))
+        dlen--;
+    if (add_name(&dn, item, dlen, msg, msglen) < 0)
+        return -1;
+    const char *a = eq + 1;
+    while (is_space(*a))
+        a++;
+    struct config_route r = {.domain = dn.names[0]};
+    free(dn.names);
+    if (parse_addr(a, (size_t)(item + len - a), &r.addr, msg, msglen) < 0) {
+        free(r.domain);
+        return -1;
+    }
+    l->routes = xrealloc(l->routes, (l->n + 1) * sizeof *l->routes);
+    l->routes[l->n++] = r;
+    return 0;
+}
+
 /* Stores value v for directive d at base. Returns 0, or -1 with the reason in msg. */
 static int directive_set(const struct directive *d, void *base, const char *v, const char *base_dir,
                          char *msg, size_t msglen)
@@ -432,6 +549,30 @@ static int directive_set(const struct directive *d, void *base, const char *v, c
             return -1;
         }
         return 0;
+    case T_DOMAIN_LIST: {
+        struct name_list l = {NULL, 0};
+        if (each_item(v, add_name, &l, msg, msglen) < 0) {
+            free_names(l.names, l.n);
+            return -1;
+        }
+        size_t *count = (size_t *)((char *)base + d->count_offset);
+        free_names(*(char ***)field, *count);
+        *(char ***)field = l.names;
+        *count = l.n;
+        return 0;
+    }
+    case T_ROUTE_LIST: {
+        struct route_list l = {NULL, 0};
+        if (each_item(v, add_route, &l, msg, msglen) < 0) {
+            free_routes(l.routes, l.n);
+            return -1;
+        }
+        size_t *count = (size_t *)((char *)base + d->count_offset);
+        free_routes(*(struct config_route **)field, *count);
+        *(struct config_route **)field = l.routes;
+        *count = l.n;
+        return 0;
+    }
     case T_ARCHIVE_POLICY:
         if (strcmp(v, "always") == 0) {
             *(int *)field = ARCHIVE_ALWAYS;
@@ -473,6 +614,16 @@ static void directive_free(const struct directive *d, void *base)
     case T_ADDR_LIST:
         free_addrs(*(struct config_addr **)field, *(size_t *)((char *)base + d->count_offset));
         *(struct config_addr **)field = NULL;
+        *(size_t *)((char *)base + d->count_offset) = 0;
+        break;
+    case T_DOMAIN_LIST:
+        free_names(*(char ***)field, *(size_t *)((char *)base + d->count_offset));
+        *(char ***)field = NULL;
+        *(size_t *)((char *)base + d->count_offset) = 0;
+        break;
+    case T_ROUTE_LIST:
+        free_routes(*(struct config_route **)field, *(size_t *)((char *)base + d->count_offset));
+        *(struct config_route **)field = NULL;
         *(size_t *)((char *)base + d->count_offset) = 0;
         break;
     default:

@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
+#include <openssl/x509v3.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -27,6 +28,9 @@ struct conn {
     void *ud;
     SSL *ssl;
     SSL_CTX *tls_pending; /* STARTTLS requested; begins when plaintext output is flushed */
+    struct conn_tls_opts tls_opts;
+    char *tls_sni;
+    bool connecting; /* conn_connect: waiting for the TCP handshake */
     bool handshaking;
     bool tls_done;
     bool read_wants_write;  /* SSL_read asked for writability */
@@ -74,6 +78,18 @@ static void flush_list_remove(struct conn *c)
     c->flush_next = c->flush_prev = NULL;
 }
 
+static void getpeer_ip(struct conn *c)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getpeername(c->fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, c->ip, sizeof c->ip);
+        else if (ss.ss_family == AF_INET6)
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, c->ip, sizeof c->ip);
+    }
+}
+
 struct conn *conn_new(struct ev_loop *loop, int fd, const char *tag, size_t max_output,
                       const struct conn_ops *ops, void *ud)
 {
@@ -93,14 +109,7 @@ struct conn *conn_new(struct ev_loop *loop, int fd, const char *tag, size_t max_
     c->ud = ud;
     c->max_output = max_output;
     buf_init(&c->out);
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
-        if (ss.ss_family == AF_INET)
-            inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, c->ip, sizeof c->ip);
-        else if (ss.ss_family == AF_INET6)
-            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, c->ip, sizeof c->ip);
-    }
+    getpeer_ip(c);
     live_conns++;
     if (ev_io_add(loop, fd, EV_READ, conn_io, c) < 0) {
         log_error(tag, "cannot watch socket: %s", strerror(errno));
@@ -151,7 +160,7 @@ size_t conn_count(void)
 
 static void update_interest(struct conn *c)
 {
-    if (c->dead)
+    if (c->dead || c->connecting)
         return;
     bool want_write = c->read_wants_write || c->handshaking ||
                       (c->out.len > 0 && !c->write_wants_read && !c->tls_pending);
@@ -169,6 +178,7 @@ static void free_conn(struct ev_loop *loop, void *ud)
     buf_fini(&c->out);
     free(c->tag);
     free(c->close_reason);
+    free(c->tls_sni);
     free(c);
 }
 
@@ -312,6 +322,26 @@ static void conn_io(struct ev_loop *loop, int fd, unsigned events, void *ud)
     struct conn *c = ud;
     if (c->dead)
         return;
+    if (c->connecting) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+            err = errno;
+        if (err == EINPROGRESS)
+            return;
+        c->connecting = false;
+        if (err) {
+            char *why = xasprintf("connect failed: %s", strerror(err));
+            finish(c, why);
+            free(why);
+            return;
+        }
+        getpeer_ip(c);
+        update_interest(c);
+        if (c->ops->connected)
+            c->ops->connected(c, c->ud);
+        return;
+    }
     if (c->handshaking) {
         handshake(c);
         if (c->dead || c->handshaking)
@@ -361,6 +391,28 @@ static void conn_io(struct ev_loop *loop, int fd, unsigned events, void *ud)
         flush(c);
 }
 
+/* Certificates are judged after the handshake (conn_peer_cert_valid_for), so that a peer whose
+ * certificate does not verify can still use dialback (XEP-0220) when policy allows. */
+static int accept_any_cert(int preverify_ok, X509_STORE_CTX *ctx)
+{
+    (void)preverify_ok;
+    (void)ctx;
+    return 1;
+}
+
+bool conn_peer_cert_valid_for(struct conn *c, const char *domain)
+{
+    if (!c->ssl || !c->tls_done || !domain)
+        return false;
+    X509 *cert = SSL_get1_peer_certificate(c->ssl);
+    if (!cert)
+        return false;
+    bool ok = SSL_get_verify_result(c->ssl) == X509_V_OK &&
+              X509_check_host(cert, domain, 0, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS, NULL) == 1;
+    X509_free(cert);
+    return ok;
+}
+
 static void begin_tls(struct conn *c)
 {
     SSL_CTX *ctx = c->tls_pending;
@@ -370,15 +422,40 @@ static void begin_tls(struct conn *c)
         finish(c, "cannot create TLS session");
         return;
     }
-    SSL_set_accept_state(c->ssl);
+    if (c->tls_opts.client) {
+        SSL_set_connect_state(c->ssl);
+        if (c->tls_sni) {
+            SSL_set_tlsext_host_name(c->ssl, c->tls_sni);
+            /* RFC 6120 §13.7.2.1: the reference identity is the XMPP domain. */
+            SSL_set_hostflags(c->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+            SSL_set1_host(c->ssl, c->tls_sni);
+        }
+        if (c->tls_opts.alpn)
+            SSL_set_alpn_protos(c->ssl, (const unsigned char *)c->tls_opts.alpn,
+                                (unsigned)strlen(c->tls_opts.alpn));
+    } else {
+        SSL_set_accept_state(c->ssl);
+        if (c->tls_opts.want_peer_cert)
+            SSL_set_verify(c->ssl, SSL_VERIFY_PEER | SSL_VERIFY_CLIENT_ONCE, accept_any_cert);
+    }
     c->handshaking = true;
     handshake(c);
 }
 
 int conn_start_tls(struct conn *c, SSL_CTX *ctx)
 {
+    static const struct conn_tls_opts server_side = {0};
+    return conn_start_tls_opts(c, ctx, &server_side);
+}
+
+int conn_start_tls_opts(struct conn *c, SSL_CTX *ctx, const struct conn_tls_opts *opts)
+{
     if (c->dead || c->closing || c->ssl || c->tls_pending)
         return -1;
+    c->tls_opts = *opts;
+    free(c->tls_sni);
+    c->tls_sni = xstrdup(opts->sni);
+    c->tls_opts.sni = c->tls_sni;
     /* Begins from the flush, never inside the caller's callback: a failing handshake must not
      * free the caller's state under its feet. */
     c->tls_pending = ctx;
@@ -388,7 +465,7 @@ int conn_start_tls(struct conn *c, SSL_CTX *ctx)
 
 static void flush(struct conn *c)
 {
-    if (c->dead)
+    if (c->dead || c->connecting)
         return;
     if (c->handshaking || c->write_wants_read)
         return;
@@ -503,4 +580,35 @@ void conn_abort(struct conn *c, const char *reason)
     if (c->fd >= 0)
         ev_io_mod(c->loop, c->fd, 0);
     ev_defer(c->loop, finish_deferred, c);
+}
+
+static void connect_failed_now(struct ev_loop *loop, void *ud)
+{
+    (void)loop;
+    struct conn *c = ud;
+    finish(c, c->close_reason ? c->close_reason : "connect failed");
+}
+
+struct conn *conn_connect(struct ev_loop *loop, const struct sockaddr *addr, unsigned addrlen,
+                          const char *tag, size_t max_output, const struct conn_ops *ops,
+                          void *ud)
+{
+    int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    int rc = connect(fd, addr, addrlen);
+    int err = rc < 0 ? errno : 0;
+    struct conn *c = conn_new(loop, fd, tag, max_output, ops, ud);
+    if (err && err != EINPROGRESS) {
+        /* Reported from the loop, like every other outcome. */
+        c->closing = true;
+        free(c->close_reason);
+        c->close_reason = xasprintf("connect failed: %s", strerror(err));
+        ev_io_mod(loop, fd, 0);
+        ev_defer(loop, connect_failed_now, c);
+        return c;
+    }
+    c->connecting = true;
+    ev_io_mod(loop, fd, EV_WRITE);
+    return c;
 }

@@ -16,6 +16,7 @@
 #include "isthmus/jid.h"
 #include "isthmus/log.h"
 #include "isthmus/module.h"
+#include "isthmus/s2s.h"
 #include "isthmus/server.h"
 #include "isthmus/tls.h"
 
@@ -77,9 +78,11 @@ static int prepare_hosts(struct config *cfg, char *err, size_t errlen)
 static void shutdown_timeout(struct ev_loop *loop, void *ud)
 {
     (void)ud;
-    log_warn(NULL, "shutdown: %zu streams did not close in time; dropping them", c2s_count());
+    log_warn(NULL, "shutdown: %zu streams did not close in time; dropping them",
+             c2s_count() + s2s_count());
     c2s_abort_all();
-    if (c2s_count() == 0)
+    s2s_abort_all();
+    if (c2s_count() == 0 && s2s_count() == 0)
         ev_stop(loop);
 }
 
@@ -88,9 +91,10 @@ static void begin_shutdown(void)
     if (server.shutting_down)
         return;
     server.shutting_down = true;
-    log_info(NULL, "shutting down (%zu streams open)", c2s_count());
+    log_info(NULL, "shutting down (%zu streams open)", c2s_count() + s2s_count());
     c2s_shutdown();
-    if (c2s_count() == 0)
+    s2s_shutdown();
+    if (c2s_count() == 0 && s2s_count() == 0)
         ev_stop(server.loop);
     else
         ev_timer_add(server.loop, SHUTDOWN_GRACE_MS, shutdown_timeout, NULL);
@@ -114,10 +118,13 @@ static void on_signal(struct ev_loop *loop, int fd, unsigned events, void *ud)
     }
 }
 
+/* Storage first: nothing a peer sees may depend on a write that is not committed. */
 static void flush_before_sleep(struct ev_loop *loop, void *ud)
 {
     (void)loop;
     (void)ud;
+    if (storage_flush(server.db) < 0)
+        log_error(NULL, "storage: group commit failed; this iteration's writes are lost");
     conn_flush_all();
 }
 
@@ -212,6 +219,7 @@ int main(int argc, char **argv)
         log_error(NULL, "storage: %s", err);
         goto out;
     }
+    storage_set_group_commit(server.db, true);
     if (tls_init(&server.cfg, err, sizeof err) < 0) {
         log_error(NULL, "TLS: %s", err);
         goto out;
@@ -222,6 +230,10 @@ int main(int argc, char **argv)
     if (modules_init() < 0)
         goto out;
     if (c2s_init(err, sizeof err) < 0) {
+        log_error(NULL, "%s", err);
+        goto out;
+    }
+    if (s2s_init(err, sizeof err) < 0) {
         log_error(NULL, "%s", err);
         goto out;
     }
@@ -237,6 +249,7 @@ int main(int argc, char **argv)
     log_info(NULL, "stopped");
     rc = 0;
 out:
+    s2s_fini();
     c2s_fini();
     modules_fini();
     if (server.loop) {

@@ -13,6 +13,7 @@
 
 #include "isthmus/c2s.h"
 #include "isthmus/log.h"
+#include "isthmus/hmap.h"
 #include "isthmus/module.h"
 #include "isthmus/roster.h"
 #include "isthmus/rsm.h"
@@ -154,16 +155,52 @@ static void list_add(char ***list, size_t *n, const char *jid)
 
 /* Stored as lines: the default policy, then "+JID" (always) and "-JID" (never); prepared JIDs
  * hold no line breaks. Returns 0 (the server default when nothing is stored) or -1. */
+/* Preferences are read for both parties of every message, so the stored text is cached per
+ * account ("" when none is stored); set and account removal update it, and it is dropped
+ * whole when it grows past PREFS_CACHE_MAX accounts. */
+#define PREFS_CACHE_MAX 50000
+static struct hmap prefs_cache;
+
+static void prefs_cache_clear(void)
+{
+    size_t i = 0;
+    const char *k;
+    void *v;
+    while (hmap_next(&prefs_cache, &i, &k, &v))
+        free(v);
+    hmap_fini(&prefs_cache);
+    hmap_init(&prefs_cache);
+}
+
+static void prefs_cache_put(const char *host, const char *user, const char *v)
+{
+    char *k = xasprintf("%s@%s", user, host);
+    free(hmap_del(&prefs_cache, k));
+    if (prefs_cache.used >= PREFS_CACHE_MAX)
+        prefs_cache_clear();
+    if (v)
+        hmap_put(&prefs_cache, k, xstrdup(v));
+    free(k);
+}
+
 static int prefs_load(const char *host, const char *user, struct prefs *p)
 {
     *p = (struct prefs){.def = server.cfg.mam_default};
+    char *k = xasprintf("%s@%s", user, host);
+    const char *cached = hmap_get(&prefs_cache, k);
+    free(k);
     char *v;
     size_t len;
-    int rc = storage_kv_get(server.db, host, user, PREFS_STORE, &v, &len);
-    if (rc == STORAGE_NOTFOUND)
-        return 0;
-    if (rc != 0)
-        return -1;
+    if (cached) {
+        v = xstrdup(cached);
+    } else {
+        int rc = storage_kv_get(server.db, host, user, PREFS_STORE, &v, &len);
+        if (rc == STORAGE_NOTFOUND)
+            v = xstrdup("");
+        else if (rc != 0)
+            return -1;
+        prefs_cache_put(host, user, v);
+    }
     char *save = NULL;
     for (char *line = strtok_r(v, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         if (line[0] == '+')
@@ -764,6 +801,8 @@ static const char *prefs_set(struct iq_request *req)
     else if (v && storage_kv_set(server.db, req->to->domain, req->to->local, PREFS_STORE, v,
                                  strlen(v)) != 0)
         cond = "internal-server-error";
+    else if (v)
+        prefs_cache_put(req->to->domain, req->to->local, v);
     if (!cond)
         prefs_reply(req, &p);
     free(v);
@@ -810,6 +849,14 @@ static void fini(void)
     if (expiry_timer && server.loop)
         ev_timer_cancel(server.loop, expiry_timer);
     expiry_timer = NULL;
+    prefs_cache_clear();
+}
+
+static int account_deleted(struct hook_ctx *ctx)
+{
+    if (ctx->to && ctx->to->local)
+        prefs_cache_put(ctx->to->domain, ctx->to->local, NULL);
+    return HOOK_PASS;
 }
 
 static const char *const features[] = {NS_MAM, NS_MAM_EXT, NULL};
@@ -827,6 +874,7 @@ static const struct module_hook hooks[] = {
     {HOOK_CLIENT_STANZA, 20, outgoing},
     {HOOK_CLIENT_STANZA, -100, outgoing_strip},
     {HOOK_MESSAGE_IN, -50, incoming},
+    {HOOK_ACCOUNT_DELETED, 0, account_deleted},
     {0},
 };
 

@@ -8,6 +8,7 @@
 #include "isthmus/hooks.h"
 #include "isthmus/log.h"
 #include "isthmus/module.h"
+#include "isthmus/s2s.h"
 #include "isthmus/server.h"
 
 void router_error(const struct stanza *orig, const char *condition, const char *text)
@@ -179,10 +180,9 @@ void router_route(struct stanza *st, struct c2s *origin)
     }
     const char *kind = st->name;
     if (!server_is_local_host(to.domain)) {
-        /* Federation is not available yet. */
-        if (strcmp(kind, "presence") != 0)
-            router_error(st, "remote-server-not-found", "This server does not federate yet");
-        goto done;
+        jid_fini(&to);
+        s2s_route(st);
+        return;
     }
     if (!to.local) {
         if (strcmp(kind, "iq") == 0)

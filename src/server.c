@@ -1,5 +1,8 @@
 #include "isthmus/server.h"
 
+#include "isthmus/c2s.h"
+#include "isthmus/s2s.h"
+
 #include <stddef.h>
 #include <strings.h>
 
@@ -13,4 +16,10 @@ const struct config_host *server_host(const char *domain)
 bool server_is_local_host(const char *domain)
 {
     return server_host(domain) != NULL;
+}
+
+void server_check_drained(void)
+{
+    if (server.shutting_down && c2s_count() == 0 && s2s_count() == 0)
+        ev_stop(server.loop);
 }

@@ -106,8 +106,9 @@ static const char *const stmt_sql[S_COUNT] = {
 struct storage {
     sqlite3 *db;
     sqlite3_stmt *stmts[S_COUNT];
-    int depth;   /* storage_begin nesting */
-    bool doomed; /* an inner storage_rollback happened */
+    int depth;     /* storage_begin nesting; levels below the outermost are savepoints */
+    bool group;    /* storage_set_group_commit: writes join one transaction until flush */
+    bool implicit; /* that transaction is open */
 };
 
 PRINTF_LIKE(3, 4) static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -386,6 +387,8 @@ void storage_close(struct storage *st)
 {
     if (!st)
         return;
+    if (st->depth == 0)
+        storage_flush(st);
     if (st->depth > 0) {
         log_warn(TAG, "closing with a transaction open; rolling it back");
         if (!sqlite3_get_autocommit(st->db))
@@ -423,12 +426,66 @@ int storage_get_info(struct storage *st, struct storage_info *info)
 
 /* ---- transactions ---- */
 
+/* Group commit: with it on, the first write outside any transaction opens one, and
+ * storage_flush() commits it — once per event-loop iteration, before any output leaves, so no
+ * peer ever sees the effect of a write that is not committed. Explicit transactions inside it
+ * become savepoints. */
+static int auto_begin(struct storage *st)
+{
+    if (!st->group || st->implicit || st->depth > 0)
+        return 0;
+    if (exec_stmt(st, S_BEGIN) != 0)
+        return STORAGE_ERR;
+    st->implicit = true;
+    return 0;
+}
+
+void storage_set_group_commit(struct storage *st, bool on)
+{
+    if (!on)
+        storage_flush(st);
+    st->group = on;
+}
+
+int storage_flush(struct storage *st)
+{
+    if (!st || !st->implicit || st->depth > 0)
+        return 0;
+    st->implicit = false;
+    if (sqlite3_get_autocommit(st->db)) {
+        log_error(TAG, "group commit: the transaction was rolled back by an earlier error");
+        return STORAGE_ERR;
+    }
+    if (exec_stmt(st, S_COMMIT) != 0) {
+        if (!sqlite3_get_autocommit(st->db))
+            exec_stmt(st, S_ROLLBACK);
+        return STORAGE_ERR;
+    }
+    return 0;
+}
+
+static int savepoint(struct storage *st, const char *verb, int level)
+{
+    char sql[48];
+    snprintf(sql, sizeof sql, "%s sp%d", verb, level);
+    char *msg = NULL;
+    if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        log_error(TAG, "%s: %s", sql, msg ? msg : sqlite3_errmsg(st->db));
+        sqlite3_free(msg);
+        return STORAGE_ERR;
+    }
+    return 0;
+}
+
+/* The outermost level is BEGIN IMMEDIATE (or a savepoint inside a group-commit transaction);
+ * inner levels are savepoints, so an inner rollback undoes only its own writes. */
 int storage_begin(struct storage *st)
 {
-    if (st->depth == 0) {
+    if (st->depth == 0 && !st->implicit) {
         if (exec_stmt(st, S_BEGIN) != 0)
             return STORAGE_ERR;
-        st->doomed = false;
+    } else if (savepoint(st, "SAVEPOINT", st->depth) != 0) {
+        return STORAGE_ERR;
     }
     st->depth++;
     return 0;
@@ -440,15 +497,9 @@ int storage_commit(struct storage *st)
         log_error(TAG, "commit without begin");
         return STORAGE_ERR;
     }
-    if (--st->depth > 0)
-        return 0;
-    if (st->doomed) {
-        st->doomed = false;
-        if (!sqlite3_get_autocommit(st->db))
-            exec_stmt(st, S_ROLLBACK);
-        log_warn(TAG, "commit of a transaction an inner rollback abandoned");
-        return STORAGE_ERR;
-    }
+    st->depth--;
+    if (st->depth > 0 || st->implicit)
+        return savepoint(st, "RELEASE", st->depth);
     /* Some errors (SQLITE_FULL, SQLITE_IOERR, ...) roll the whole transaction back on their own;
      * committing what is left would silently commit nothing. */
     if (sqlite3_get_autocommit(st->db)) {
@@ -469,11 +520,12 @@ int storage_rollback(struct storage *st)
         log_error(TAG, "rollback without begin");
         return STORAGE_ERR;
     }
-    if (--st->depth > 0) {
-        st->doomed = true;
-        return 0;
+    st->depth--;
+    if (st->depth > 0 || st->implicit) {
+        if (savepoint(st, "ROLLBACK TO", st->depth) != 0)
+            return STORAGE_ERR;
+        return savepoint(st, "RELEASE", st->depth);
     }
-    st->doomed = false;
     if (sqlite3_get_autocommit(st->db))
         return 0;
     return exec_stmt(st, S_ROLLBACK);
@@ -497,6 +549,8 @@ int storage_kv_get(struct storage *st, const char *host, const char *user, const
 int storage_kv_set(struct storage *st, const char *host, const char *user, const char *store,
                    const char *value, size_t len)
 {
+    if (auto_begin(st) < 0)
+        return STORAGE_ERR;
     sqlite3_stmt *s = stmt_acquire(st, S_KV_SET);
     if (!s)
         return STORAGE_ERR;
@@ -511,6 +565,8 @@ int storage_kv_set(struct storage *st, const char *host, const char *user, const
 
 int storage_kv_delete(struct storage *st, const char *host, const char *user, const char *store)
 {
+    if (auto_begin(st) < 0)
+        return STORAGE_ERR;
     sqlite3_stmt *s = stmt_acquire(st, S_KV_DELETE);
     if (!s)
         return STORAGE_ERR;
@@ -563,6 +619,8 @@ int storage_map_get(struct storage *st, const char *host, const char *user, cons
 int storage_map_set(struct storage *st, const char *host, const char *user, const char *store,
                     const char *key, const char *value, size_t len)
 {
+    if (auto_begin(st) < 0)
+        return STORAGE_ERR;
     sqlite3_stmt *s = stmt_acquire(st, S_MAP_SET);
     if (!s)
         return STORAGE_ERR;
@@ -580,6 +638,8 @@ int storage_map_set(struct storage *st, const char *host, const char *user, cons
 int storage_map_delete(struct storage *st, const char *host, const char *user, const char *store,
                        const char *key)
 {
+    if (auto_begin(st) < 0)
+        return STORAGE_ERR;
     enum stmt which = key ? S_MAP_DELETE : S_MAP_DELETE_ALL;
     sqlite3_stmt *s = stmt_acquire(st, which);
     if (!s)
@@ -623,6 +683,8 @@ int storage_archive_append(struct storage *st, const char *host, const char *use
                            const char *store, int64_t when, const char *with, const char *value,
                            size_t len, char **id_out)
 {
+    if (auto_begin(st) < 0)
+        return STORAGE_ERR;
     sqlite3_stmt *s = stmt_acquire(st, S_ARCHIVE_APPEND);
     if (!s)
         return STORAGE_ERR;
@@ -791,6 +853,8 @@ int storage_archive_query(struct storage *st, const char *host, const char *user
 int storage_archive_delete_id(struct storage *st, const char *host, const char *user,
                               const char *store, const char *id)
 {
+    if (auto_begin(st) < 0)
+        return STORAGE_ERR;
     if (!id)
         return STORAGE_NOTFOUND;
     sqlite3_stmt *s = stmt_acquire(st, S_ARCHIVE_DELETE_ID);
@@ -808,6 +872,8 @@ int storage_archive_delete_id(struct storage *st, const char *host, const char *
 int64_t storage_archive_expire(struct storage *st, const char *host, const char *user,
                                const char *store, int64_t before)
 {
+    if (auto_begin(st) < 0)
+        return STORAGE_ERR;
     enum stmt which = user ? S_ARCHIVE_EXPIRE_USER : S_ARCHIVE_EXPIRE_HOST;
     sqlite3_stmt *s = stmt_acquire(st, which);
     if (!s)
@@ -838,6 +904,8 @@ int64_t storage_archive_count(struct storage *st, const char *host, const char *
 
 int storage_user_delete(struct storage *st, const char *host, const char *user)
 {
+    if (auto_begin(st) < 0)
+        return STORAGE_ERR;
     static const enum stmt steps[] = {S_USER_DELETE_KV, S_USER_DELETE_MAP, S_USER_DELETE_ARCHIVE};
     if (!user) {
         log_error(TAG, "user_delete: no user");

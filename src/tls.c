@@ -15,7 +15,8 @@
 
 struct tls_host {
     char *name;
-    SSL_CTX *ctx;
+    SSL_CTX *ctx;        /* server side: c2s, incoming s2s */
+    SSL_CTX *client_ctx; /* client side: outgoing s2s, presenting the same certificate */
 };
 
 static struct tls_host *hosts;
@@ -59,14 +60,15 @@ static int servername_cb(SSL *ssl, int *alert, void *arg)
     return SSL_TLSEXT_ERR_OK;
 }
 
-/* XEP-0368 §3: direct TLS clients offer ALPN "xmpp-client". A client offering only other
- * protocols is refused; one offering none is served. */
+/* XEP-0368 §3: direct TLS clients offer ALPN "xmpp-client", servers "xmpp-server". A peer
+ * offering only other protocols is refused; one offering none is served. (The stream's content
+ * namespace then tells a client from a server.) */
 static int alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                    const unsigned char *in, unsigned int inlen, void *arg)
 {
     (void)ssl;
     (void)arg;
-    static const unsigned char ours[] = "\x0bxmpp-client";
+    static const unsigned char ours[] = "\x0bxmpp-client\x0bxmpp-server";
     unsigned char *sel;
     if (SSL_select_next_proto(&sel, outlen, ours, sizeof ours - 1, in, inlen) ==
         OPENSSL_NPN_NEGOTIATED) {
@@ -181,12 +183,58 @@ static SSL_CTX *make_ctx(const struct config *cfg, const char *cert, const char 
         snprintf(err, errlen, "%s does not match %s", key, cert);
         goto fail;
     }
+    /* Incoming s2s peers may present certificates (SASL EXTERNAL, XEP-0178): judged against the
+     * same trust store outgoing connections use. */
+    if (cfg->s2s_ca_file && access(cfg->s2s_ca_file, R_OK) == 0)
+        SSL_CTX_load_verify_locations(ctx, cfg->s2s_ca_file, NULL);
     SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
     SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
     SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"isthmus", 7);
     return ctx;
 fail:
     SSL_CTX_free(ctx);
+    return NULL;
+}
+
+/* Outgoing s2s: verification runs (SSL_VERIFY_NONE still verifies and records the result) but
+ * never aborts the handshake — s2s decides afterwards between SASL EXTERNAL and dialback. */
+static SSL_CTX *make_client_ctx(const struct config *cfg, const char *cert, const char *key,
+                                char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        set_ssl_err(err, errlen, "SSL_CTX_new (client)");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, cfg->tls_min_version ? cfg->tls_min_version
+                                                            : TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF |
+                                 SSL_OP_NO_COMPRESSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    if (cfg->s2s_ca_file && access(cfg->s2s_ca_file, R_OK) == 0 &&
+        SSL_CTX_load_verify_locations(ctx, cfg->s2s_ca_file, NULL) != 1) {
+        char what[512];
+        snprintf(what, sizeof what, "%s: cannot load CA certificates", cfg->s2s_ca_file);
+        set_ssl_err(err, errlen, what);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+        set_ssl_err(err, errlen, "client certificate");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+SSL_CTX *tls_client_ctx(const char *host)
+{
+    for (size_t i = 0; host && i < nhosts; i++)
+        if (strcasecmp(hosts[i].name, host) == 0)
+            return hosts[i].client_ctx;
     return NULL;
 }
 
@@ -216,12 +264,16 @@ int tls_init(const struct config *cfg, char *err, size_t errlen)
             }
         }
         SSL_CTX *ctx = make_ctx(cfg, cert, key, err, errlen);
+        SSL_CTX *client = ctx ? make_client_ctx(cfg, cert, key, err, errlen) : NULL;
         free(cert);
         free(key);
-        if (!ctx)
+        if (!client) {
+            SSL_CTX_free(ctx);
             return -1;
+        }
         hosts[nhosts].name = xstrdup(h->name);
         hosts[nhosts].ctx = ctx;
+        hosts[nhosts].client_ctx = client;
         nhosts++;
     }
     return 0;
@@ -231,6 +283,7 @@ void tls_fini(void)
 {
     for (size_t i = 0; i < nhosts; i++) {
         SSL_CTX_free(hosts[i].ctx);
+        SSL_CTX_free(hosts[i].client_ctx);
         free(hosts[i].name);
     }
     free(hosts);

@@ -30,6 +30,13 @@
  *             expire_days (365; 0 = keep forever), max_page (100) items per query page
  *   [sm]      resume_timeout (300 s; 0 = no resumption), max_unacked (1000) stanzas
  *   [server]  max_user_item_size (64K): one vCard or private XML item
+ *   [s2s]     listen (none: no federation), tls_listen (none; XEP-0368 direct TLS),
+ *             require_encryption (true), require_valid_certificates (false: dialback allowed
+ *             for peers whose certificate does not verify), dialback (true; XEP-0220),
+ *             allow / deny (domain lists; empty allow = everyone), routes
+ *             (DOMAIN=HOST:PORT list overriding DNS), nameserver (HOST:PORT; default from
+ *             /etc/resolv.conf), ca_file (/etc/ssl/certs/ca-certificates.crt),
+ *             connect_timeout (20 s), idle_timeout (600 s), max_queue (500 stanzas per domain)
  *   [tls]     min_version (1.2 | 1.3; default 1.2), ciphers (OpenSSL default), ciphersuites
  *   [host NAME] certificate, key (both or neither; neither = self-signed generated on first start
  *             under data_dir/certs/), registration (false)
@@ -44,6 +51,11 @@
 struct config_addr {
     char *host; /* numeric address or name as written ("127.0.0.1", "::1", "localhost") */
     uint16_t port;
+};
+
+struct config_route {
+    char *domain; /* lower-cased */
+    struct config_addr addr;
 };
 
 enum archive_policy { ARCHIVE_ALWAYS, ARCHIVE_ROSTER, ARCHIVE_NEVER };
@@ -81,6 +93,26 @@ struct config {
     unsigned auth_failures;
     unsigned auth_failure_window;
     unsigned max_connections_per_ip;
+    /* [s2s] */
+    struct config_addr *s2s_listen;
+    size_t n_s2s_listen;
+    struct config_addr *s2s_tls_listen;
+    size_t n_s2s_tls_listen;
+    bool s2s_require_encryption;
+    bool s2s_require_valid_certs;
+    bool s2s_dialback;
+    char **s2s_allow; /* empty: every domain */
+    size_t n_s2s_allow;
+    char **s2s_deny;
+    size_t n_s2s_deny;
+    struct config_route *s2s_routes;
+    size_t n_s2s_routes;
+    struct config_addr *s2s_nameserver; /* at most one used; empty: /etc/resolv.conf */
+    size_t n_s2s_nameserver;
+    char *s2s_ca_file;
+    unsigned s2s_connect_timeout;
+    unsigned s2s_idle_timeout;
+    unsigned s2s_max_queue;
     /* [tls] */
     int tls_min_version; /* 0x0303 for 1.2, 0x0304 for 1.3 (TLS1_2_VERSION / TLS1_3_VERSION) */
     char *tls_ciphers;

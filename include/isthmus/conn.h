@@ -14,6 +14,7 @@
 #include <openssl/ssl.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/socket.h>
 
 #include "isthmus/ev.h"
 
@@ -27,7 +28,24 @@ struct conn_ops {
     /* The connection is gone; reason is a short text for the log. The conn must not be used after
      * this returns. */
     void (*closed)(struct conn *c, void *ud, const char *reason);
+    /* An outgoing connection (conn_connect) is established. May be NULL for accepted ones. */
+    void (*connected)(struct conn *c, void *ud);
 };
+
+/* TLS options beyond the context: the client side of server-to-server streams, and servers
+ * that want the peer's certificate (s2s, for SASL EXTERNAL and RFC 6125 checks). */
+struct conn_tls_opts {
+    bool client;           /* we connect: SSL_connect, SNI */
+    const char *sni;       /* client: server name to send; also the name verified */
+    const char *alpn;      /* client: wire-format ALPN list (length-prefixed), or NULL */
+    bool want_peer_cert;   /* server: ask the client for a certificate (not required) */
+};
+
+/* Starts a non-blocking TCP connection to addr; ops->connected or ops->closed reports the
+ * outcome (never from inside this call). NULL when no socket could be made. */
+struct conn *conn_connect(struct ev_loop *loop, const struct sockaddr *addr, unsigned addrlen,
+                          const char *tag, size_t max_output, const struct conn_ops *ops,
+                          void *ud);
 
 /* Takes ownership of fd (made non-blocking here). tag names the connection in logs. */
 struct conn *conn_new(struct ev_loop *loop, int fd, const char *tag, size_t max_output,
@@ -45,6 +63,10 @@ SSL *conn_ssl(struct conn *c);                  /* NULL before TLS */
 /* Starts server-side TLS after flushing anything queued in plaintext (STARTTLS: the <proceed/>
  * goes out in the clear, then the handshake). For direct TLS call it right after conn_new. */
 int conn_start_tls(struct conn *c, SSL_CTX *ctx);
+int conn_start_tls_opts(struct conn *c, SSL_CTX *ctx, const struct conn_tls_opts *opts);
+/* After the handshake: does the peer's certificate chain verify against the context's trust
+ * store, and does it name `domain` (RFC 6125 DNS-ID, X509_check_host)? */
+bool conn_peer_cert_valid_for(struct conn *c, const char *domain);
 
 void conn_write(struct conn *c, const char *data, size_t len);
 void conn_write_str(struct conn *c, const char *s);

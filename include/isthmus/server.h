@@ -25,5 +25,7 @@ extern struct server server;
 /* True when domain (prepared) is one of our virtual hosts. */
 bool server_is_local_host(const char *domain);
 const struct config_host *server_host(const char *domain);
+/* During shutdown: stops the loop once no client or server stream is left. */
+void server_check_drained(void);
 
 #endif

@@ -11,6 +11,7 @@
 #ifndef ISTHMUS_STORAGE_H
 #define ISTHMUS_STORAGE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,10 +25,14 @@ struct storage;
 struct storage *storage_open(const char *path, char *err, size_t errlen);
 void storage_close(struct storage *st);
 
-/* Groups several writes into one transaction (BEGIN IMMEDIATE ... COMMIT / ROLLBACK). Nesting is
- * counted: only the outermost pair touches SQLite. An inner rollback dooms the transaction: the
- * outermost commit then rolls back and returns STORAGE_ERR. */
+/* Groups several writes into one transaction (BEGIN IMMEDIATE ... COMMIT / ROLLBACK). Inner
+ * pairs are savepoints: an inner rollback undoes only the writes made since its begin. */
 int storage_begin(struct storage *st);
+/* Group commit (the server turns it on): writes outside an explicit transaction join one open
+ * transaction that storage_flush() commits; call it before any output of the work leaves the
+ * process. Inner explicit transactions become savepoints. */
+void storage_set_group_commit(struct storage *st, bool on);
+int storage_flush(struct storage *st);
 int storage_commit(struct storage *st);
 int storage_rollback(struct storage *st);
 

@@ -19,6 +19,8 @@ void tls_fini(void);
  * SNI is known. */
 SSL_CTX *tls_host_ctx(const char *host);
 SSL_CTX *tls_default_ctx(void);
+/* The client-side context for outgoing s2s from host (its certificate, the [s2s] ca_file). */
+SSL_CTX *tls_client_ctx(const char *host);
 
 /* Creates a self-signed ECDSA P-256 certificate for name (SAN: name and *.name) valid for days,
  * writing PEM files (key mode 0600). Returns 0 or -1 with err. */

@@ -606,13 +606,16 @@ static void test_transactions(void)
     CHECK(storage_kv_get(st, "h", "d", "s", &v, &len) == STORAGE_NOTFOUND);
     CHECK(storage_archive_count(st, "h", "d", "mam") == 0);
 
-    /* An inner rollback dooms the outer transaction. */
+    /* An inner rollback (a savepoint) undoes only its own writes. */
     CHECK(storage_begin(st) == 0);
     CHECK(storage_kv_set(st, "h", "e", "s", "5", 1) == 0);
     CHECK(storage_begin(st) == 0);
+    CHECK(storage_kv_set(st, "h", "e2", "s", "5", 1) == 0);
     CHECK(storage_rollback(st) == 0);
-    CHECK(storage_commit(st) == STORAGE_ERR);
-    CHECK(storage_kv_get(st, "h", "e", "s", &v, &len) == STORAGE_NOTFOUND);
+    CHECK(storage_commit(st) == 0);
+    CHECK(storage_kv_get(st, "h", "e", "s", &v, &len) == 0);
+    free(v);
+    CHECK(storage_kv_get(st, "h", "e2", "s", &v, &len) == STORAGE_NOTFOUND);
 
     /* Unbalanced calls are errors, and the connection still works after them. */
     CHECK(storage_commit(st) == STORAGE_ERR);
@@ -735,6 +738,49 @@ static void remove_tmpdir(void)
     rmdir(tmpdir);
 }
 
+
+/* Group commit: writes wait in one transaction until storage_flush; another connection sees
+ * nothing before it; explicit transactions nest inside as savepoints; close flushes. */
+static void test_group_commit(void)
+{
+    char *path = xasprintf("%s/group.db", tmpdir);
+    char err[256];
+    struct storage *st = storage_open(path, err, sizeof err);
+    struct storage *other = storage_open(path, err, sizeof err);
+    CHECK(st && other);
+    if (!st || !other)
+        return;
+    char *v;
+    size_t len;
+    storage_set_group_commit(st, true);
+    CHECK(storage_kv_set(st, "h", "a", "s", "1", 1) == 0);
+    CHECK(storage_archive_append(st, "h", "a", "mam", 1, NULL, "x", 1, NULL) == 0);
+    CHECK(storage_kv_get(st, "h", "a", "s", &v, &len) == 0); /* own writes are visible */
+    free(v);
+    CHECK(storage_kv_get(other, "h", "a", "s", &v, &len) == STORAGE_NOTFOUND);
+    CHECK(storage_begin(st) == 0);
+    CHECK(storage_kv_set(st, "h", "b", "s", "2", 1) == 0);
+    CHECK(storage_rollback(st) == 0);
+    CHECK(storage_begin(st) == 0);
+    CHECK(storage_kv_set(st, "h", "c", "s", "3", 1) == 0);
+    CHECK(storage_commit(st) == 0);
+    CHECK(storage_kv_get(other, "h", "c", "s", &v, &len) == STORAGE_NOTFOUND);
+    CHECK(storage_flush(st) == 0);
+    CHECK(storage_kv_get(other, "h", "a", "s", &v, &len) == 0);
+    free(v);
+    CHECK(storage_kv_get(other, "h", "b", "s", &v, &len) == STORAGE_NOTFOUND);
+    CHECK(storage_kv_get(other, "h", "c", "s", &v, &len) == 0);
+    free(v);
+    CHECK(storage_archive_count(other, "h", "a", "mam") == 1);
+    CHECK(storage_flush(st) == 0); /* nothing open: a no-op */
+    CHECK(storage_kv_set(st, "h", "d", "s", "4", 1) == 0);
+    storage_close(st);
+    CHECK(storage_kv_get(other, "h", "d", "s", &v, &len) == 0);
+    free(v);
+    storage_close(other);
+    free(path);
+}
+
 int main(void)
 {
     if (!mkdtemp(tmpdir)) {
@@ -753,6 +799,7 @@ int main(void)
     TEST_RUN(test_transactions);
     TEST_RUN(test_settings);
     TEST_RUN(test_open_errors);
+    TEST_RUN(test_group_commit);
     remove_tmpdir();
     return TEST_DONE();
 }
