@@ -892,9 +892,9 @@ static int parse_text(struct parser *p, const char *text, size_t len)
     }
     if (section_end(p) < 0)
         return -1;
-    static const char *const global[] = {"server", "c2s", "tls", "roster", "offline", "mam", "sm"};
-    for (size_t i = 0; i < ARRAY_LEN(global); i++)
-        if (apply_defaults(p, global[i], p->cfg) < 0)
+    /* Every unnamed section gets its defaults, whether or not the file mentions it. */
+    for (size_t i = 0; i < ARRAY_LEN(sections); i++)
+        if (!sections[i].named && apply_defaults(p, sections[i].name, p->cfg) < 0)
             return -1;
     if (p->cfg->n_hosts == 0)
         return fail(p, 0, "no [host] section");

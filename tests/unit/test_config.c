@@ -690,6 +690,47 @@ static void test_robustness(void)
     free(copy);
 }
 
+
+/* [s2s]: domain lists, routes, defaults when the section is absent, errors naming the key. */
+static void test_s2s(void)
+{
+    struct config cfg;
+    CHECK(parse("[host a.example]\n", &cfg) == 0);
+    CHECK(cfg.n_s2s_listen == 0 && cfg.s2s_require_encryption && cfg.s2s_dialback &&
+          !cfg.s2s_require_valid_certs && cfg.s2s_connect_timeout == 20 &&
+          cfg.s2s_max_queue == 500);
+    CHECK_STR(cfg.s2s_ca_file, "/etc/ssl/certs/ca-certificates.crt");
+    config_fini(&cfg);
+
+    CHECK(parse("[s2s]\nlisten = 127.0.0.10:5269\n"
+                "allow = Peer.TEST, ej.test.\n"
+                "deny = evil.test\n"
+                "routes = peer.test=127.0.0.2:5269, ej.test = [::1]:5270\n"
+                "require_valid_certificates = yes\n"
+                "[host a.example]\n",
+                &cfg) == 0);
+    CHECK(cfg.n_s2s_allow == 2 && cfg.n_s2s_deny == 1 && cfg.n_s2s_routes == 2);
+    if (cfg.n_s2s_allow == 2 && cfg.n_s2s_routes == 2) {
+        CHECK_STR(cfg.s2s_allow[0], "peer.test");
+        CHECK_STR(cfg.s2s_allow[1], "ej.test");
+        CHECK_STR(cfg.s2s_routes[0].domain, "peer.test");
+        CHECK_STR(cfg.s2s_routes[0].addr.host, "127.0.0.2");
+        CHECK(cfg.s2s_routes[0].addr.port == 5269);
+        CHECK_STR(cfg.s2s_routes[1].addr.host, "::1");
+        CHECK(cfg.s2s_routes[1].addr.port == 5270);
+    }
+    CHECK(cfg.s2s_require_valid_certs);
+    config_fini(&cfg);
+
+    expect_error("[s2s]\nroutes = peer.test:5269\n[host a.example]\n",
+                 "t.conf:2: [s2s] routes: expected DOMAIN=HOST:PORT, got 'peer.test:5269'");
+    expect_error("[s2s]\nallow = good.test, bad_domain\n[host a.example]\n",
+                 "t.conf:2: [s2s] allow: 'bad_domain' is not a domain name: character '_' not "
+                 "allowed");
+    expect_error("[s2s]\nroutes = a.test=127.0.0.1:0\n[host a.example]\n",
+                 "t.conf:2: [s2s] routes: port must be 1..65535, got '0'");
+}
+
 int main(void)
 {
     TEST_RUN(test_full_file);
@@ -704,5 +745,6 @@ int main(void)
     TEST_RUN(test_inline_comments);
     TEST_RUN(test_load);
     TEST_RUN(test_robustness);
+    TEST_RUN(test_s2s);
     return TEST_DONE();
 }
