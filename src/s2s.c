@@ -36,7 +36,7 @@ struct s2s {
     char tag[24];
     char *local;          /* our domain on this stream */
     char *remote;         /* the peer's domain (IN: from the header, may be NULL) */
-    char stream_id[32];   /* IN: the id we issued; OUT: the id the peer issued */
+    char stream_id[256];  /* IN: the id we issued; OUT: the id the peer issued (Prosody: UUIDs) */
     bool header_sent;
     bool starttls_next;
     bool sasl_done;       /* SASL EXTERNAL succeeded (both directions) */
