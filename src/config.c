@@ -53,6 +53,7 @@ struct directive {
 
 #define CFG(f) offsetof(struct config, f)
 #define HOST(f) offsetof(struct config_host, f)
+#define COMP(f) offsetof(struct config_component, f)
 #define KIB 1024ull
 #define MIB (1024ull * 1024)
 #define GIB (1024ull * 1024 * 1024)
@@ -82,6 +83,7 @@ static const struct directive directives[] = {
     {"c2s", "hibernate_after", T_UINT, CFG(c2s_hibernate_after), 0, "10", 1, 86400, 0},
     {"c2s", "auth_failures", T_UINT, CFG(auth_failures), 0, "5", 1, 1000, 0},
     {"c2s", "auth_failure_window", T_UINT, CFG(auth_failure_window), 0, "60", 1, 86400, 0},
+    {"c2s", "registration_interval", T_UINT, CFG(c2s_registration_interval), 0, "60", 0, 86400, 0},
     {"c2s", "max_connections_per_ip", T_UINT, CFG(max_connections_per_ip), 0, "0", 0, 1000000, 0},
 
     {"s2s", "listen", T_ADDR_LIST, CFG(s2s_listen), CFG(n_s2s_listen), "", 0, 0, 0},
@@ -114,9 +116,23 @@ static const struct directive directives[] = {
     {"sm", "resume_timeout", T_UINT, CFG(sm_resume_timeout), 0, "300", 0, 86400, 0},
     {"sm", "max_unacked", T_UINT, CFG(sm_max_unacked), 0, "1000", 10, 100000, 0},
 
+    {"muc", "hosts", T_DOMAIN_LIST, CFG(muc_hosts), CFG(n_muc_hosts), "", 0, 0, 0},
+    {"muc", "max_occupants", T_UINT, CFG(muc_max_occupants), 0, "200", 1, 100000, 0},
+    {"muc", "history_max", T_UINT, CFG(muc_history_max), 0, "20", 0, 1000, 0},
+    {"muc", "allow_create", T_BOOL, CFG(muc_allow_create), 0, "true", 0, 0, 0},
+    {"muc", "persistent_default", T_BOOL, CFG(muc_persistent_default), 0, "false", 0, 0, 0},
+
     {"host", "certificate", T_PATH, HOST(certificate), 0, NULL, 0, 0, 0},
     {"host", "key", T_PATH, HOST(key), 0, NULL, 0, 0, 0},
     {"host", "registration", T_BOOL, HOST(registration), 0, "false", 0, 0, 0},
+
+    {"component", "listen", T_ADDR_LIST, CFG(component_listen), CFG(n_component_listen), "", 0,
+     0, 0},
+    {"component NAME", "secret", T_STRING, COMP(secret), 0, NULL, 0, 0, 0},
+    {"component NAME", "roster", T_STRING, COMP(roster), 0, "none", 0, 0, 0},
+    {"component NAME", "message", T_STRING, COMP(message), 0, "none", 0, 0, 0},
+    {"component NAME", "command", T_STRING, COMP(command), 0, NULL, 0, 0, 0},
+    {"component NAME", "restart_delay", T_UINT, COMP(restart_delay), 0, "1", 1, 60, 0},
 };
 
 #define N_DIRECTIVES ARRAY_LEN(directives)
@@ -125,28 +141,40 @@ struct parser;
 
 /* A named section's entry: open() validates the name, appends an entry and returns where its
  * directives land (NULL after setting the error); close() applies the entry's defaults and checks
- * rules that span keys. */
+ * rules that span keys. `keys` names the directives' section when it differs from `name` (a
+ * name used both with and without NAME: [component] and [component NAME]). */
 struct section_def {
     const char *name;
     bool named;
     void *(*open)(struct parser *p, const char *arg, unsigned line);
     int (*close)(struct parser *p, void *base);
+    const char *keys;
 };
 
 static void *host_open(struct parser *p, const char *arg, unsigned line);
 static int host_close(struct parser *p, void *base);
+static void *component_open(struct parser *p, const char *arg, unsigned line);
+static int component_close(struct parser *p, void *base);
 
 static const struct section_def sections[] = {
-    {"server", false, NULL, NULL},
-    {"c2s", false, NULL, NULL},
-    {"s2s", false, NULL, NULL},
-    {"tls", false, NULL, NULL},
-    {"roster", false, NULL, NULL},
-    {"offline", false, NULL, NULL},
-    {"mam", false, NULL, NULL},
-    {"sm", false, NULL, NULL},
-    {"host", true, host_open, host_close},
+    {"server", false, NULL, NULL, NULL},
+    {"c2s", false, NULL, NULL, NULL},
+    {"s2s", false, NULL, NULL, NULL},
+    {"tls", false, NULL, NULL, NULL},
+    {"roster", false, NULL, NULL, NULL},
+    {"offline", false, NULL, NULL, NULL},
+    {"mam", false, NULL, NULL, NULL},
+    {"sm", false, NULL, NULL, NULL},
+    {"muc", false, NULL, NULL, NULL},
+    {"host", true, host_open, host_close, NULL},
+    {"component", false, NULL, NULL, NULL},
+    {"component", true, component_open, component_close, "component NAME"},
 };
+
+static const char *section_keys(const struct section_def *s)
+{
+    return s->keys ? s->keys : s->name;
+}
 
 struct parser {
     const char *name;
@@ -733,6 +761,57 @@ static int host_close(struct parser *p, void *base)
     return 0;
 }
 
+/* ---- [component NAME] (XEP-0114, XEP-0356) ---- */
+
+static void *component_open(struct parser *p, const char *arg, unsigned line)
+{
+    struct config *cfg = p->cfg;
+    char msg[128];
+    char *name = host_name_prepare(arg, msg, sizeof msg);
+    if (!name) {
+        fail(p, line, "[component %s]: invalid domain name: %s", arg, msg);
+        return NULL;
+    }
+    for (size_t i = 0; i < cfg->n_components; i++) {
+        if (strcmp(cfg->components[i].name, name) == 0) {
+            fail(p, line, "duplicate [component %s] (first on line %u)", name,
+                 cfg->components[i].line);
+            free(name);
+            return NULL;
+        }
+    }
+    cfg->components =
+        xrealloc(cfg->components, (cfg->n_components + 1) * sizeof *cfg->components);
+    struct config_component *c = &cfg->components[cfg->n_components++];
+    memset(c, 0, sizeof *c);
+    c->name = name;
+    c->line = line;
+    return c;
+}
+
+static int component_close(struct parser *p, void *base)
+{
+    struct config_component *c = base;
+    if (apply_defaults(p, "component NAME", c) < 0)
+        return -1;
+    static const char *const roster[] = {"none", "get", "set", "both"};
+    c->roster_access = -1;
+    for (int i = 0; i < 4; i++)
+        if (strcmp(c->roster, roster[i]) == 0)
+            c->roster_access = i; /* the index is the CONFIG_ROSTER_* bits */
+    if (c->roster_access < 0)
+        return fail(p, c->line, "[component %s] roster: expected none, get, set or both, got '%s'",
+                    c->name, c->roster);
+    if (strcmp(c->message, "none") != 0 && strcmp(c->message, "outgoing") != 0)
+        return fail(p, c->line, "[component %s] message: expected none or outgoing, got '%s'",
+                    c->name, c->message);
+    c->message_outgoing = strcmp(c->message, "outgoing") == 0;
+    if (!c->secret && !c->command)
+        return fail(p, c->line, "[component %s] needs a secret (or a command, which gets a "
+                    "generated one)", c->name);
+    return 0;
+}
+
 /* ---- the reader ---- */
 
 static int section_end(struct parser *p)
@@ -770,7 +849,7 @@ static int section_begin(struct parser *p, char *line, unsigned lineno)
 
     const struct section_def *s = NULL;
     for (size_t i = 0; i < ARRAY_LEN(sections); i++)
-        if (strcmp(sections[i].name, name) == 0)
+        if (strcmp(sections[i].name, name) == 0 && (!s || sections[i].named == (*arg != '\0')))
             s = &sections[i];
     if (!s)
         return fail(p, lineno, "unknown section [%s]", name);
@@ -786,7 +865,7 @@ static int section_begin(struct parser *p, char *line, unsigned lineno)
         p->base = base;
         p->label = xasprintf("%s %s", name, *(char **)base);
         for (size_t i = 0; i < N_DIRECTIVES; i++)
-            if (strcmp(directives[i].section, name) == 0)
+            if (strcmp(directives[i].section, section_keys(s)) == 0)
                 p->set_line[i] = 0;
     } else {
         unsigned *seen = &p->seen_line[s - sections];
@@ -823,7 +902,7 @@ static int key_value(struct parser *p, char *line, unsigned lineno)
 
     size_t i;
     for (i = 0; i < N_DIRECTIVES; i++)
-        if (strcmp(directives[i].section, p->section->name) == 0 &&
+        if (strcmp(directives[i].section, section_keys(p->section)) == 0 &&
             strcmp(directives[i].key, key) == 0)
             break;
     if (i == N_DIRECTIVES)
@@ -894,7 +973,7 @@ static int parse_text(struct parser *p, const char *text, size_t len)
         return -1;
     /* Every unnamed section gets its defaults, whether or not the file mentions it. */
     for (size_t i = 0; i < ARRAY_LEN(sections); i++)
-        if (!sections[i].named && apply_defaults(p, sections[i].name, p->cfg) < 0)
+        if (!sections[i].named && apply_defaults(p, section_keys(&sections[i]), p->cfg) < 0)
             return -1;
     if (p->cfg->n_hosts == 0)
         return fail(p, 0, "no [host] section");
@@ -995,7 +1074,7 @@ int config_load(const char *path, struct config *cfg, char *err, size_t errlen)
 static bool section_is_named(const char *name)
 {
     for (size_t i = 0; i < ARRAY_LEN(sections); i++)
-        if (strcmp(sections[i].name, name) == 0)
+        if (strcmp(section_keys(&sections[i]), name) == 0)
             return sections[i].named;
     return false;
 }
@@ -1012,6 +1091,13 @@ void config_fini(struct config *cfg)
         free(cfg->hosts[h].name);
     }
     free(cfg->hosts);
+    for (size_t c = 0; c < cfg->n_components; c++) {
+        for (size_t i = 0; i < N_DIRECTIVES; i++)
+            if (strcmp(directives[i].section, "component NAME") == 0)
+                directive_free(&directives[i], &cfg->components[c]);
+        free(cfg->components[c].name);
+    }
+    free(cfg->components);
     free(cfg->path);
     memset(cfg, 0, sizeof *cfg);
 }
@@ -1023,5 +1109,15 @@ const struct config_host *config_host_find(const struct config *cfg, const char 
     for (size_t i = 0; i < cfg->n_hosts; i++)
         if (strcasecmp(cfg->hosts[i].name, domain) == 0)
             return &cfg->hosts[i];
+    return NULL;
+}
+
+const struct config_component *config_component_find(const struct config *cfg, const char *domain)
+{
+    if (!domain)
+        return NULL;
+    for (size_t i = 0; i < cfg->n_components; i++)
+        if (strcasecmp(cfg->components[i].name, domain) == 0)
+            return &cfg->components[i];
     return NULL;
 }

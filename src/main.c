@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "isthmus/c2s.h"
+#include "isthmus/component.h"
 #include "isthmus/conn.h"
 #include "isthmus/jid.h"
 #include "isthmus/log.h"
@@ -82,7 +83,8 @@ static void shutdown_timeout(struct ev_loop *loop, void *ud)
              c2s_count() + s2s_count());
     c2s_abort_all();
     s2s_abort_all();
-    if (c2s_count() == 0 && s2s_count() == 0)
+    component_abort_all();
+    if (c2s_count() == 0 && s2s_count() == 0 && component_count() == 0)
         ev_stop(loop);
 }
 
@@ -94,7 +96,8 @@ static void begin_shutdown(void)
     log_info(NULL, "shutting down (%zu streams open)", c2s_count() + s2s_count());
     c2s_shutdown();
     s2s_shutdown();
-    if (c2s_count() == 0 && s2s_count() == 0)
+    component_shutdown();
+    if (c2s_count() == 0 && s2s_count() == 0 && component_count() == 0)
         ev_stop(server.loop);
     else
         ev_timer_add(server.loop, SHUTDOWN_GRACE_MS, shutdown_timeout, NULL);
@@ -237,6 +240,10 @@ int main(int argc, char **argv)
         log_error(NULL, "%s", err);
         goto out;
     }
+    if (component_init(err, sizeof err) < 0) {
+        log_error(NULL, "%s", err);
+        goto out;
+    }
     if (server.cfg.pidfile && write_pidfile(server.cfg.pidfile) < 0) {
         log_error(NULL, "cannot write pidfile %s: %s", server.cfg.pidfile, strerror(errno));
         goto out;
@@ -249,6 +256,7 @@ int main(int argc, char **argv)
     log_info(NULL, "stopped");
     rc = 0;
 out:
+    component_fini();
     s2s_fini();
     c2s_fini();
     modules_fini();

@@ -59,7 +59,18 @@ static const char *items(struct iq_request *req)
 {
     if (stanza_attr(req->payload, "node"))
         return "item-not-found";
-    router_reply(req, reply_query(req, NS_DISCO_ITEMS));
+    struct stanza *r = reply_query(req, NS_DISCO_ITEMS);
+    /* XEP-0114 components are services of every host. */
+    for (size_t i = 0; req->to && !req->to->local && i < server.cfg.n_components; i++) {
+        struct stanza *item = stanza_add_child(stanza_first_elem(r), "item", NULL);
+        stanza_set_attr(item, "jid", server.cfg.components[i].name);
+    }
+    /* XEP-0045 §6.1: the MUC services are found among the host's items. */
+    for (size_t i = 0; req->to && !req->to->local && i < server.cfg.n_muc_hosts; i++) {
+        struct stanza *item = stanza_add_child(stanza_first_elem(r), "item", NULL);
+        stanza_set_attr(item, "jid", server.cfg.muc_hosts[i]);
+    }
+    router_reply(req, r);
     return NULL;
 }
 

@@ -1,10 +1,12 @@
 /* XEP-0077 In-Band Registration: account creation before login (when the host's
  * `registration = true`), password change and account removal after login. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "isthmus/account.h"
 #include "isthmus/c2s.h"
+#include "isthmus/hmap.h"
 #include "isthmus/log.h"
 #include "isthmus/module.h"
 #include "isthmus/server.h"
@@ -29,11 +31,46 @@ static const char *get(struct iq_request *req)
     return NULL;
 }
 
+/* Per-IP time of the last in-band registration: account creation is the one thing anybody can
+ * do before authenticating, so it is throttled like Prosody's min_seconds_between_registrations.
+ * Entries older than the interval are pruned as the table is used. */
+static struct hmap last_registration;
+
+static bool throttled(const char *ip)
+{
+    uint64_t interval = (uint64_t)server.cfg.c2s_registration_interval * 1000;
+    if (!interval || !ip || !*ip)
+        return false;
+    uint64_t now = now_ms();
+    if (last_registration.used > 4096) {
+        size_t i = 0;
+        const char *k;
+        void *v;
+        struct hmap keep;
+        hmap_init(&keep);
+        while (hmap_next(&last_registration, &i, &k, &v))
+            if (now - (uint64_t)(uintptr_t)v < interval)
+                hmap_put(&keep, k, v);
+        hmap_fini(&last_registration);
+        last_registration = keep;
+    }
+    void *last = hmap_get(&last_registration, ip);
+    return last && now - (uint64_t)(uintptr_t)last < interval;
+}
+
 static const char *create(struct iq_request *req, const char *host)
 {
     const struct config_host *h = server_host(host);
     if (!h || !h->registration)
         return "not-allowed";
+    const char *ip = req->origin ? c2s_peer_ip(req->origin) : NULL;
+    if (throttled(ip)) {
+        struct stanza *e = stanza_error_reply(req->iq, "policy-violation", NULL,
+                                              "Too many registrations from your address; "
+                                              "try again later");
+        router_reply(req, e);
+        return NULL;
+    }
     char *raw_user = stanza_child_text(req->payload, "username", NULL);
     char *password = stanza_child_text(req->payload, "password", NULL);
     char *user = raw_user ? jid_prep_local(raw_user) : NULL;
@@ -50,9 +87,11 @@ static const char *create(struct iq_request *req, const char *host)
             cond = "not-acceptable";
         else if (rc < 0)
             cond = "internal-server-error";
-        else
-            log_info(NULL, "registered %s@%s (in-band, from %s)", user, host,
-                     req->origin ? c2s_peer_ip(req->origin) : "?");
+        else {
+            log_info(NULL, "registered %s@%s (in-band, from %s)", user, host, ip ? ip : "?");
+            if (ip && *ip)
+                hmap_put(&last_registration, ip, (void *)(uintptr_t)now_ms());
+        }
     }
     if (!cond)
         router_reply(req, stanza_iq_result(req->iq));
@@ -125,8 +164,14 @@ static const struct module_iq iqs[] = {
     {0},
 };
 
+static void fini(void)
+{
+    hmap_fini(&last_registration);
+}
+
 const struct module mod_register = {
     .name = "register",
+    .fini = fini,
     .host_features = features,
     .iqs = iqs,
 };

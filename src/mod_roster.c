@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "isthmus/c2s.h"
+#include "isthmus/component.h"
 #include "isthmus/log.h"
 #include "isthmus/module.h"
 #include "isthmus/roster.h"
@@ -299,9 +300,13 @@ int roster_put(const char *host, const char *user, const struct roster_item *it)
 
 /* ---- IQ handlers ---- */
 
-static bool own_account(const struct iq_request *req)
+/* Only one's own roster (RFC 6121 §2.1.5), or a component granted roster access (XEP-0356 §4),
+ * which acts as the account. */
+static bool own_account(const struct iq_request *req, bool set)
 {
-    return req->from && req->to->local && jid_bare_equal(req->from, req->to);
+    return req->from && req->to->local &&
+           (jid_bare_equal(req->from, req->to) ||
+            component_roster_allowed(req->from, req->to->domain, set));
 }
 
 struct get_ctx {
@@ -318,8 +323,8 @@ static int add_visible(void *ud, const struct roster_item *it)
 
 static const char *roster_get_iq(struct iq_request *req)
 {
-    if (!own_account(req))
-        return "forbidden"; /* RFC 6121 §2.1.5: only one's own roster */
+    if (!own_account(req, false))
+        return "forbidden";
     if (req->origin)
         c2s_set_slot(req->origin, C2S_SLOT_ROSTER, (void *)1);
     const char *host = req->to->domain, *user = req->to->local;
@@ -366,7 +371,7 @@ static const char *remove_item(struct iq_request *req, const char *contact)
             roster_item_fini(&it);
         return "item-not-found"; /* RFC 6121 §2.5.3 */
     }
-    char *bare = jid_bare_string(req->from);
+    char *bare = jid_bare_string(req->to); /* the account, also when a component asks */
     if (it.sub == ROSTER_TO || it.sub == ROSTER_BOTH || it.ask)
         send_presence_type(bare, contact, "unsubscribe");
     if (it.sub == ROSTER_FROM || it.sub == ROSTER_BOTH || it.pending_in)
@@ -392,7 +397,7 @@ static const char *remove_item(struct iq_request *req, const char *contact)
 
 static const char *roster_set_iq(struct iq_request *req)
 {
-    if (!own_account(req))
+    if (!own_account(req, true))
         return "forbidden";
     struct stanza *item = stanza_child(req->payload, "item", NULL);
     /* RFC 6121 §2.3.3: exactly one item. */

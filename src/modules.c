@@ -7,7 +7,7 @@
 static const struct module *const module_table[] = {
     &mod_disco,   &mod_ping,    &mod_version,  &mod_time, &mod_register, &mod_roster,
     &mod_presence, &mod_offline, &mod_carbons, &mod_mam,  &mod_vcard,    &mod_private,
-    &mod_blocking, &mod_last,    &mod_csi,
+    &mod_blocking, &mod_last,    &mod_csi, &mod_muc,
 };
 
 static bool active(const struct module *m)

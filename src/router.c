@@ -5,9 +5,11 @@
 
 #include "isthmus/c2s.h"
 #include "isthmus/account.h"
+#include "isthmus/component.h"
 #include "isthmus/hooks.h"
 #include "isthmus/log.h"
 #include "isthmus/module.h"
+#include "isthmus/muc.h"
 #include "isthmus/s2s.h"
 #include "isthmus/server.h"
 
@@ -179,6 +181,16 @@ void router_route(struct stanza *st, struct c2s *origin)
         return;
     }
     const char *kind = st->name;
+    if (component_handles(to.domain)) {
+        jid_fini(&to);
+        component_route(st); /* XEP-0114: the component's domain and its subdomains */
+        return;
+    }
+    if (muc_is_service(to.domain)) {
+        jid_fini(&to);
+        muc_route(st); /* XEP-0045: rooms and occupants of a [muc] service */
+        return;
+    }
     if (!server_is_local_host(to.domain)) {
         jid_fini(&to);
         s2s_route(st);

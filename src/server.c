@@ -1,6 +1,7 @@
 #include "isthmus/server.h"
 
 #include "isthmus/c2s.h"
+#include "isthmus/component.h"
 #include "isthmus/s2s.h"
 
 #include <stddef.h>
@@ -20,6 +21,6 @@ bool server_is_local_host(const char *domain)
 
 void server_check_drained(void)
 {
-    if (server.shutting_down && c2s_count() == 0 && s2s_count() == 0)
+    if (server.shutting_down && c2s_count() == 0 && s2s_count() == 0 && component_count() == 0)
         ev_stop(server.loop);
 }

@@ -13,7 +13,8 @@
  * with an optional K, M or G suffix (powers of 1024). Numbers are range-checked (the table in
  * config.c). Addresses: comma-separated HOST:PORT, IPv6 in brackets ([::1]:5222), port 1..65535;
  * an empty value is an empty list. An empty string or path means "not set" (NULL); data_dir may
- * not be empty. Each section appears once, except [host NAME], once per distinct name.
+ * not be empty. Each section appears once, except [host NAME] and [component NAME], once per
+ * distinct name.
  *
  * Sections and keys (defaults in parentheses):
  *   [server]  data_dir (data), log_level (info), log_file (stderr), pidfile (none),
@@ -22,6 +23,7 @@
  *   [c2s]     listen (127.0.0.1:5222), tls_listen (127.0.0.1:5223; empty = none),
  *             require_tls (true), auth_timeout (30 s), idle_timeout (600 s),
  *             hibernate_after (10 s: a silent stream frees its XML parser until it speaks),
+ *             registration_interval (60 s between XEP-0077 registrations from one IP; 0 = off),
  *             auth_failures (5) per auth_failure_window (60 s) per IP, then refused for that
  *             window; max_connections_per_ip (0 = unlimited)
  *   [roster]  max_items (1000) per user, then <not-allowed/> / <resource-constraint/>
@@ -37,9 +39,18 @@
  *             (DOMAIN=HOST:PORT list overriding DNS), nameserver (HOST:PORT; default from
  *             /etc/resolv.conf), ca_file (/etc/ssl/certs/ca-certificates.crt),
  *             connect_timeout (20 s), idle_timeout (600 s), max_queue (500 stanzas per domain)
+ *   [muc]     hosts (domain list; empty = no MUC service; e.g. conference.localhost; each must
+ *             not be a [host]), max_occupants (200 per room), history_max (20 messages per room,
+ *             0..1000), allow_create (true), persistent_default (false: new rooms are temporary)
  *   [tls]     min_version (1.2 | 1.3; default 1.2), ciphers (OpenSSL default), ciphersuites
  *   [host NAME] certificate, key (both or neither; neither = self-signed generated on first start
  *             under data_dir/certs/), registration (false)
+ *   [component] listen (none: no XEP-0114 component port; e.g. 127.0.0.1:5347)
+ *   [component NAME] (NAME = the component's domain) secret (required unless command is set:
+ *             then one is generated per start), roster (none | get | set | both; XEP-0356),
+ *             message (none | outgoing; XEP-0356), command (none: an external component; else
+ *             the server runs it with /bin/sh -c and restarts it when it exits), restart_delay
+ *             (1 s: the first restart delay, doubled per quick exit up to 60 s)
  * At least one [host] is required. */
 #ifndef ISTHMUS_CONFIG_H
 #define ISTHMUS_CONFIG_H
@@ -68,6 +79,22 @@ struct config_host {
     unsigned line;     /* line of the [host NAME] header, for later error messages */
 };
 
+/* XEP-0356 roster access, as bits. */
+#define CONFIG_ROSTER_GET 1
+#define CONFIG_ROSTER_SET 2
+
+struct config_component {
+    char *name;      /* the component's domain, lower-cased */
+    char *secret;    /* NULL: generated per start (supervised components only) */
+    char *roster;    /* "none" | "get" | "set" | "both", checked */
+    char *message;   /* "none" | "outgoing", checked */
+    char *command;   /* NULL: not supervised */
+    unsigned restart_delay;
+    int roster_access;    /* CONFIG_ROSTER_* bits, from roster */
+    bool message_outgoing; /* from message */
+    unsigned line;
+};
+
 struct config {
     char *path; /* the file loaded */
     /* [server] */
@@ -93,6 +120,7 @@ struct config {
     unsigned auth_failures;
     unsigned auth_failure_window;
     unsigned max_connections_per_ip;
+    unsigned c2s_registration_interval; /* seconds between in-band registrations per IP; 0 off */
     /* [s2s] */
     struct config_addr *s2s_listen;
     size_t n_s2s_listen;
@@ -125,9 +153,21 @@ struct config {
     unsigned mam_max_page;
     unsigned sm_resume_timeout;    /* seconds; 0: no resumption */
     unsigned sm_max_unacked;
+    /* [muc] (XEP-0045) */
+    char **muc_hosts; /* service domains, prepared; empty: no MUC service */
+    size_t n_muc_hosts;
+    unsigned muc_max_occupants; /* per room */
+    unsigned muc_history_max;   /* messages kept per room for history on join */
+    bool muc_allow_create;      /* any local or remote user may create rooms */
+    bool muc_persistent_default;
     /* [host NAME], in file order */
     struct config_host *hosts;
     size_t n_hosts;
+    /* [component] and [component NAME], in file order */
+    struct config_addr *component_listen;
+    size_t n_component_listen;
+    struct config_component *components;
+    size_t n_components;
 };
 
 /* Loads and validates path. Returns 0, or -1 with a one-line message in err. *cfg is always
@@ -139,5 +179,7 @@ int config_parse(const char *name, const char *text, const char *base_dir, struc
 void config_fini(struct config *cfg);
 
 const struct config_host *config_host_find(const struct config *cfg, const char *domain);
+const struct config_component *config_component_find(const struct config *cfg,
+                                                     const char *domain);
 
 #endif

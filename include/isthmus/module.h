@@ -37,7 +37,7 @@ struct module {
 
 extern const struct module mod_disco, mod_ping, mod_version, mod_time, mod_register, mod_roster,
     mod_presence, mod_offline, mod_carbons, mod_mam, mod_vcard, mod_private, mod_blocking, mod_last,
-    mod_csi;
+    mod_csi, mod_muc;
 
 int modules_init(void);
 void modules_fini(void);

@@ -242,3 +242,14 @@ async def test_accounts_survive_restart():
         await c.close()
         c = await h.connect(s, '%s@%s' % (user, s.domain), 'reg-pw')
         await c.close()
+
+
+def test_registration_throttled_per_address():
+    """[c2s] registration_interval: a second in-band registration from the same address within
+    the interval is refused with policy-violation; the first one stands."""
+    with h.Server({'c2s': {'registration_interval': '60'}}) as s:
+        first = _raw_register_iq(s, '<username>%s</username><password>pw</password>' % _name())
+        check(first.get('type') == 'result', 'first registration: %s' % h.ET.tostring(first))
+        second = _raw_register_iq(s, '<username>%s</username><password>pw</password>' % _name())
+        check(second.get('type') == 'error' and h.stanza_error(second) == 'policy-violation',
+              'second registration: %s' % h.ET.tostring(second))
