@@ -511,7 +511,7 @@ void s2s_route(struct stanza *st)
         return;
     }
     const char *why = NULL, *cond = "remote-server-not-found";
-    if (!server_is_local_host(from.domain)) {
+    if (!server_serves_domain(from.domain)) {
         why = "not relaying for other domains"; /* we only originate for our hosts */
     } else if (!s2s_enabled()) {
         why = "This server does not federate";
@@ -520,7 +520,7 @@ void s2s_route(struct stanza *st)
         cond = "not-allowed";
     }
     if (why) {
-        if (strcmp(st->name, "presence") != 0 && server_is_local_host(from.domain))
+        if (strcmp(st->name, "presence") != 0 && server_serves_domain(from.domain))
             router_error(st, cond, why);
         stanza_free(st);
     } else {
@@ -583,11 +583,11 @@ static void xs_open(void *ud, const struct stanza *header, const char *default_n
     const char *from = stanza_attr(header, "from");
     char *local = to ? jid_prep_domain(to) : NULL;
     char *remote = from ? jid_prep_domain(from) : NULL;
-    if (local && server_is_local_host(local) && !s->local)
+    if (local && server_serves_domain(local) && !s->local)
         s->local = xstrdup(local);
     if (remote && !s->remote)
         s->remote = xstrdup(remote);
-    bool known = local && server_is_local_host(local) && str_eq(local, s->local);
+    bool known = local && server_serves_domain(local) && str_eq(local, s->local);
     free(local);
     free(remote);
     send_header(s);
@@ -668,7 +668,7 @@ static void in_db_result(struct s2s *s, struct stanza *el)
     char *local = jid_prep_domain(stanza_attr(el, "to") ? stanza_attr(el, "to") : "");
     char *remote = jid_prep_domain(stanza_attr(el, "from") ? stanza_attr(el, "from") : "");
     char *key = stanza_text(el);
-    if (!local || !server_is_local_host(local)) {
+    if (!local || !server_serves_domain(local)) {
         stream_error(s, "host-unknown", "This server does not serve that domain");
     } else if (!remote) {
         stream_error(s, "invalid-from", "Dialback needs a valid 'from'");
@@ -697,7 +697,7 @@ static void db_verify_answer(struct s2s *s, struct stanza *el)
     const char *id = stanza_attr(el, "id");
     char *key = stanza_text(el);
     bool valid = false;
-    if (from && to && id && server_is_local_host(to)) {
+    if (from && to && id && server_serves_domain(to)) {
         char *expected = dialback_key(from, to, id);
         valid = strlen(expected) == strlen(key) && CRYPTO_memcmp(expected, key, strlen(key)) == 0;
         free(expected);
@@ -741,7 +741,7 @@ static void in_stanza(struct s2s *s, struct stanza *st)
         log_warn(s->tag, "stanza from unauthenticated domain %s", from.domain);
         stream_error(s, "invalid-from", "That domain is not authenticated on this stream");
         stanza_free(st);
-    } else if (!server_is_local_host(to.domain)) {
+    } else if (!server_serves_domain(to.domain)) {
         stream_error(s, "host-unknown", "This server does not serve that domain");
         stanza_free(st);
     } else {
@@ -943,7 +943,7 @@ static void on_connected(struct conn *c, void *ud)
     if (s->target_direct_tls) {
         static const char alpn[] = "\x0bxmpp-server";
         struct conn_tls_opts o = {.client = true, .sni = s->remote, .alpn = alpn};
-        conn_start_tls_opts(c, tls_client_ctx(s->local), &o);
+        conn_start_tls_opts(c, tls_client_ctx_for(s->local), &o);
         return;
     }
     send_header(s);
@@ -980,10 +980,10 @@ static void on_data(struct conn *c, void *ud, const char *data, size_t len)
             }
             if (s->dir == S2S_OUT) {
                 struct conn_tls_opts o = {.client = true, .sni = s->remote};
-                conn_start_tls_opts(c, tls_client_ctx(s->local), &o);
+                conn_start_tls_opts(c, tls_client_ctx_for(s->local), &o);
             } else {
                 struct conn_tls_opts o = {.want_peer_cert = true};
-                SSL_CTX *ctx = tls_host_ctx(s->local);
+                SSL_CTX *ctx = tls_host_ctx_for(s->local);
                 conn_start_tls_opts(c, ctx ? ctx : tls_default_ctx(), &o);
             }
             return;

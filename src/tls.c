@@ -290,3 +290,30 @@ void tls_fini(void)
     hosts = NULL;
     nhosts = 0;
 }
+
+/* The host whose name `domain` is, or ends with ("." + host). */
+static struct tls_host *host_for(const char *domain)
+{
+    size_t dl = domain ? strlen(domain) : 0;
+    for (size_t i = 0; i < nhosts; i++) {
+        size_t hl = strlen(hosts[i].name);
+        if (dl == hl && strcasecmp(domain, hosts[i].name) == 0)
+            return &hosts[i];
+        if (dl > hl + 1 && domain[dl - hl - 1] == '.' &&
+            strcasecmp(domain + dl - hl, hosts[i].name) == 0)
+            return &hosts[i];
+    }
+    return nhosts ? &hosts[0] : NULL;
+}
+
+SSL_CTX *tls_host_ctx_for(const char *domain)
+{
+    struct tls_host *h = host_for(domain);
+    return h ? h->ctx : NULL;
+}
+
+SSL_CTX *tls_client_ctx_for(const char *domain)
+{
+    struct tls_host *h = host_for(domain);
+    return h ? h->client_ctx : NULL;
+}

@@ -25,6 +25,8 @@ extern struct server server;
 /* True when domain (prepared) is one of our virtual hosts. */
 bool server_is_local_host(const char *domain);
 const struct config_host *server_host(const char *domain);
+/* Domains this server answers for over federation: its hosts, MUC services and components. */
+bool server_serves_domain(const char *domain);
 /* During shutdown: stops the loop once no client or server stream is left. */
 void server_check_drained(void);
 

@@ -21,6 +21,11 @@ SSL_CTX *tls_host_ctx(const char *host);
 SSL_CTX *tls_default_ctx(void);
 /* The client-side context for outgoing s2s from host (its certificate, the [s2s] ca_file). */
 SSL_CTX *tls_client_ctx(const char *host);
+/* For a served subdomain (a MUC service, a component) without a [host] of its own: the
+ * contexts of the host it is a subdomain of (whose certificate names *.host), else the
+ * default host's. */
+SSL_CTX *tls_host_ctx_for(const char *domain);
+SSL_CTX *tls_client_ctx_for(const char *domain);
 
 /* Creates a self-signed ECDSA P-256 certificate for name (SAN: name and *.name) valid for days,
  * writing PEM files (key mode 0600). Returns 0 or -1 with err. */

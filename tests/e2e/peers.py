@@ -33,6 +33,7 @@ TEMPLATES = HERE / 'peers'
 
 OURS = 'ours.test'
 OURS_IP = '127.0.0.10'
+OURS_MUC = 'conference.ours.test'  # our MUC service; the CA certificate for ours.test names *.ours.test
 PROSODY_DOMAIN = 'peer.test'
 PROSODY_IP = '127.0.0.2'
 EJ_DOMAIN = 'ej.test'
@@ -256,7 +257,8 @@ class Prosody(_Process):
         self.ip = PROSODY_IP
         self.ca = ca
         self.secure_auth = secure_auth
-        self.hosts = hosts if hosts is not None else {OURS: OURS_IP, EJ_DOMAIN: EJ_IP}
+        self.hosts = hosts if hosts is not None else {OURS: OURS_IP, OURS_MUC: OURS_IP,
+                                                       EJ_DOMAIN: EJ_IP}
         os.makedirs(os.path.join(self.dir, 'data'), exist_ok=True)
         self.cert, self.key, _ = ca.issue(self.domain)
 
@@ -475,6 +477,7 @@ class Ours(h.Server):
             else:
                 sec[k] = str(v)
         self.config['s2s'] = sec
+        self.config['muc'] = {'hosts': OURS_MUC}
         self.domain = OURS
 
     def start(self):

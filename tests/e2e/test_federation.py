@@ -11,6 +11,7 @@ silent and stopped peers (the sender gets an error); dialback-only federation wi
 nobody trusts. The tests that stop or restart servers come last."""
 
 import asyncio
+import xml.etree.ElementTree as ET
 import base64
 import os
 import shutil
@@ -235,6 +236,41 @@ async def test_remote_error_comes_back():
     a = await h.connect(ours, a_jid + '/r', a_pw)
     ghost = 'nobody-%d@%s' % (os.getpid(), P.PROSODY_DOMAIN)
     await expect_bounce(a, ghost, ('service-unavailable', 'item-not-found'), S2S_WAIT)
+    await a.close()
+
+
+async def test_prosody_user_joins_our_room():
+    """Issue 5: a user of a federated server (Prosody) joins a room on our MUC service and the
+    room's traffic crosses s2s both ways: presence, groupchat from each side."""
+    need_ours()
+    r_jid, r_pw = take('prosody')
+    a_jid, a_pw = ours.new_user('mucfed')
+    room = 'fedroom%d@%s' % (os.getpid(), P.OURS_MUC)
+    a = await h.connect(ours, a_jid + '/here', a_pw, plugins=('xep_0045',))
+    await asyncio.wait_for(a['xep_0045'].join_muc_wait(room, 'local', maxstanzas=0), S2S_WAIT)
+    # XEP-0045 §10.1.2: the creator accepts the default configuration (an instant room).
+    iq = a.make_iq_set(ito=room)
+    iq.append(ET.fromstring("<query xmlns='http://jabber.org/protocol/muc#owner'>"
+                            "<x xmlns='jabber:x:data' type='submit'/></query>"))
+    await iq.send(timeout=h.IO_TIMEOUT)
+    r = await P.connect(P.PROSODY_IP, r_jid + '/there', r_pw, plugins=('xep_0045',))
+    got = {'a': asyncio.Queue(), 'r': asyncio.Queue()}
+    a.add_event_handler('groupchat_message', lambda m: got['a'].put_nowait(
+        (str(m['from']), m['body'])))
+    r.add_event_handler('groupchat_message', lambda m: got['r'].put_nowait(
+        (str(m['from']), m['body'])))
+    await asyncio.wait_for(r['xep_0045'].join_muc_wait(room, 'remote', maxstanzas=0), S2S_WAIT)
+    r.send_message(mto=room, mbody='hello from prosody', mtype='groupchat')
+    for who in ('a', 'r'):
+        frm, body = await asyncio.wait_for(got[who].get(), S2S_WAIT)
+        check((frm, body) == (room + '/remote', 'hello from prosody'),
+              '%s saw %r from %r' % (who, body, frm))
+    a.send_message(mto=room, mbody='hello from ours', mtype='groupchat')
+    for who in ('a', 'r'):
+        frm, body = await asyncio.wait_for(got[who].get(), S2S_WAIT)
+        check((frm, body) == (room + '/local', 'hello from ours'),
+              '%s saw %r from %r' % (who, body, frm))
+    await r.close()
     await a.close()
 
 
