@@ -25,6 +25,8 @@
 #define NS_DISCO_INFO "http://jabber.org/protocol/disco#info"
 #define NS_DISCO_ITEMS "http://jabber.org/protocol/disco#items"
 #define NS_SID "urn:xmpp:sid:0"
+#define NS_MODERATE "urn:xmpp:message-moderate:1"
+#define NS_RETRACT "urn:xmpp:message-retract:1"
 #define NS_DELAY "urn:xmpp:delay"
 #define NS_PING "urn:xmpp:ping"
 #define NS_MAM "urn:xmpp:mam:2"
@@ -969,6 +971,7 @@ static const char *room_disco(struct muc_room *r, struct stanza *iq, struct stan
     add_feature(q, NS_DISCO_ITEMS);
     add_feature(q, NS_MUC);
     add_feature(q, NS_SID);
+    add_feature(q, NS_MODERATE);
     add_feature(q, NS_MAM);
     add_feature(q, c->public_room ? "muc_public" : "muc_hidden");
     add_feature(q, c->persistent ? "muc_persistent" : "muc_temporary");
@@ -992,6 +995,73 @@ static const char *room_disco(struct muc_room *r, struct stanza *iq, struct stan
     add_form_field(x, "muc#roominfo_occupants", n);
     add_form_field(x, "muc#roomconfig_changesubject", c->change_subject ? "1" : "0");
     send_stanza(res);
+    return NULL;
+}
+
+/* Drops the history entry whose stanza-id is id, keeping the ring in order. */
+static void history_forget(struct muc_room *r, const char *id)
+{
+    size_t cap = server.cfg.muc_history_max;
+    for (size_t i = 0; i < r->hist_len; i++) {
+        struct muc_history_item *it = &r->history[(r->hist_start + i) % cap];
+        struct stanza *sid = stanza_child(it->msg, "stanza-id", NS_SID);
+        if (!sid || !str_eq(stanza_attr(sid, "id"), id))
+            continue;
+        stanza_free(it->msg);
+        for (size_t j = i; j + 1 < r->hist_len; j++)
+            r->history[(r->hist_start + j) % cap] = r->history[(r->hist_start + j + 1) % cap];
+        r->hist_len--;
+        return;
+    }
+}
+
+/* XEP-0425 (message-moderate:1 with XEP-0424 retract:1): a moderator retracts a message by its
+ * stanza-id; the archived copy is replaced by the retraction, the history forgets it, and every
+ * occupant is told (§4). */
+static const char *moderate(struct muc_room *r, struct stanza *iq, struct stanza *payload,
+                            const char *full)
+{
+    struct muc_occupant *mod = muc_occupant_by_jid(r, full);
+    if (!mod || mod->role != MUC_ROLE_MODERATOR)
+        return "forbidden"; /* §3: only moderators */
+    const char *id = stanza_attr(payload, "id");
+    if (!id || !stanza_child(payload, "retract", NS_RETRACT))
+        return "bad-request";
+    int rc = storage_archive_delete_id(server.db, r->service, r->local, "muc_archive", id);
+    if (rc == STORAGE_NOTFOUND)
+        return "item-not-found";
+    if (rc != 0)
+        return "internal-server-error";
+    history_forget(r, id);
+    struct stanza *m = stanza_new("message", NS_CLIENT);
+    char *mid = random_id(16);
+    stanza_set_attr(m, "type", "groupchat");
+    stanza_set_attr(m, "from", r->jid);
+    stanza_set_attr(m, "id", mid);
+    free(mid);
+    struct stanza *retract = stanza_add_child(m, "retract", NS_RETRACT);
+    stanza_set_attr(retract, "id", id);
+    char *by = occupant_jid(r, mod->nick);
+    stanza_set_attr(stanza_add_child(retract, "moderated", NS_MODERATE), "by", by);
+    free(by);
+    char *reason = stanza_child_text(payload, "reason", NULL);
+    if (reason && *reason)
+        stanza_add_text_child(retract, "reason", NULL, reason);
+    free(reason);
+    /* The retraction takes the message's place in the archive (§5), with its own id. */
+    char *aid = muc_mam_store(r, m, mod->nick);
+    struct stanza *sid = stanza_add_child(m, "stanza-id", NS_SID);
+    stanza_set_attr(sid, "id", aid ? aid : id);
+    stanza_set_attr(sid, "by", r->jid);
+    free(aid);
+    history_add(r, m);
+    for (struct muc_occupant *to = r->occupants; to; to = to->next) {
+        struct stanza *c = stanza_copy(m);
+        stanza_set_attr(c, "to", to->jid);
+        send_stanza(c);
+    }
+    stanza_free(m);
+    send_stanza(stanza_iq_result(iq));
     return NULL;
 }
 
@@ -1022,6 +1092,9 @@ static const char *room_iq(struct muc_room *r, struct stanza *iq, const struct j
         cond = muc_mam_query(r, iq, from);
     } else if (str_eq(type, "get") && str_eq(payload->ns, NS_PING)) {
         send_stanza(stanza_iq_result(iq));
+    } else if (str_eq(type, "set") && str_eq(payload->ns, NS_MODERATE) &&
+               strcmp(payload->name, "moderate") == 0) {
+        cond = moderate(r, iq, payload, full);
     } else {
         cond = "service-unavailable";
     }

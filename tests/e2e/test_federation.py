@@ -26,6 +26,9 @@ import peers as P
 from harness import check
 
 TIMEOUT = 90
+COMP = 'comp.ours.test'  # a component of ours, reachable from the peers (issue 5)
+COMP_SECRET = 'fed-component-secret'
+COMP_PORT = h.free_port()
 S2S_WAIT = 20.0   # first delivery over a new s2s link: connect, TLS, authentication
 CONNECT_TIMEOUT = 4  # [s2s] connect_timeout for ours.test in this module
 
@@ -85,7 +88,9 @@ def _start_ours(cert=None, key=None, s2s=None):
     extra = {'deny': 'denied.test', 'connect_timeout': CONNECT_TIMEOUT}
     extra.update(s2s or {})
     return P.Ours(ca, cert, key, s2s=extra, routes=routes,
-                  overrides={'offline': {'max_messages': '0'}}).start()
+                  overrides={'offline': {'max_messages': '0'},
+                             'component': {'listen': '127.0.0.1:%d' % COMP_PORT},
+                             'component ' + COMP: {'secret': COMP_SECRET}}).start()
 
 
 def setup_module():
@@ -272,6 +277,35 @@ async def test_prosody_user_joins_our_room():
               '%s saw %r from %r' % (who, body, frm))
     await r.close()
     await a.close()
+
+
+async def test_prosody_user_reaches_our_component():
+    """Issue 5: a component hosted here (slixmpp ComponentXMPP on our XEP-0114 port) is
+    reachable from a federated server: a Prosody user's message arrives over s2s and the
+    component's reply goes back the same way."""
+    import slixmpp
+    need_ours()
+    comp = slixmpp.ComponentXMPP(COMP, COMP_SECRET, '127.0.0.1', COMP_PORT)
+    started = comp.loop.create_future()
+    comp.add_event_handler('session_start', lambda _: started.done() or started.set_result(1))
+
+    def echo(m):
+        if m['type'] != 'error':
+            comp.send_message(mto=m['from'], mfrom=m['to'], mbody='echo: ' + m['body'],
+                              mtype='chat')
+    comp.add_event_handler('message', echo)
+    comp.connect()
+    try:
+        await asyncio.wait_for(started, h.IO_TIMEOUT)
+        r_jid, r_pw = take('prosody')
+        r = await P.connect(P.PROSODY_IP, r_jid + '/there', r_pw)
+        r.send_message(mto='bot@' + COMP, mbody='ping over s2s', mtype='chat')
+        await expect_message(r, 'bot@' + COMP, 'echo: ping over s2s')
+        await r.close()
+    finally:
+        comp.disconnect(wait=1)
+        await asyncio.sleep(0.2)
+        comp.abort()
 
 
 # --------------------------------------------------------------------------- subscriptions

@@ -542,3 +542,78 @@ def test_room_archive():
     r, _, _ = query(b, '')
     check(error_condition(r) == 'forbidden', 'outsider read a members-only archive')
     a.close(), b.close()
+
+
+def test_moderation_retracts_a_message():
+    """XEP-0425: a moderator retracts a participant's message by its stanza-id; every occupant
+    gets the retraction, the room history and archive no longer hold the message, and neither a
+    participant nor an unknown id gets anywhere."""
+    NS_MOD, NS_RETRACT = 'urn:xmpp:message-moderate:1', 'urn:xmpp:message-retract:1'
+    a, b = user('moda'), user('modb')
+    room = new_room()
+    a.create(room, 'a')
+    check(NS_MOD in features_of(disco(a, room)), 'room does not advertise moderation')
+    b.join_ok(room, 'b')
+    b.say(room, 'something rude')
+    m = a.groupchat(room, 'something rude')
+    b.groupchat(room, 'something rude')
+    sid = [s.get('id') for s in m.findall('{%s}stanza-id' % NS_SID) if s.get('by') == room][0]
+
+    def moderate(u, msg_id):
+        reply, before = u.iq("<moderate xmlns='%s' id='%s'><retract xmlns='%s'/>"
+                             "<reason>spam</reason></moderate>" % (NS_MOD, msg_id, NS_RETRACT),
+                             'set', room)
+        u.inbox.extend(before)
+        return reply
+    r = moderate(b, sid)
+    check(error_condition(r) == 'forbidden', 'a participant moderated: %s' % ET.tostring(r))
+    r = moderate(a, 'no-such-id')
+    check(error_condition(r) == 'item-not-found', 'unknown id: %s' % ET.tostring(r))
+    r = moderate(a, sid)
+    check(r.get('type') == 'result', 'moderation refused: %s' % ET.tostring(r))
+    for u in (a, b):
+        ret = u.next_el(lambda e: e.tag == C + 'message' and
+                        e.find('{%s}retract' % NS_RETRACT) is not None)
+        el = ret.find('{%s}retract' % NS_RETRACT)
+        check(el.get('id') == sid and ret.get('from') == room, ET.tostring(ret))
+        by = el.find('{%s}moderated' % NS_MOD)
+        check(by is not None and by.get('by') == room + '/a', ET.tostring(ret))
+        check(el.findtext('{%s}reason' % NS_RETRACT) == 'spam', ET.tostring(ret))
+    # A newcomer's history shows the retraction, not the message.
+    c = user('modc')
+    _, got = c.join_ok(room, 'c')
+    bodies = [body(e) for e in got if e.tag == C + 'message']
+    check('something rude' not in bodies, 'history still has the message: %s' % bodies)
+    check(any(e.find('{%s}retract' % NS_RETRACT) is not None for e in got),
+          'history lacks the retraction')
+    # And the archive.
+    reply, before = c.iq("<query xmlns='urn:xmpp:mam:2' queryid='mq'/>", 'set', room)
+    archived = [ET.tostring(e) for e in before if e.tag == C + 'message']
+    check(not any(b'something rude' in x for x in archived), 'archive still has it')
+    check(any(NS_RETRACT.encode() in x for x in archived), 'archive lacks the retraction')
+    a.close(), b.close(), c.close()
+
+
+def test_bookmarks_let_a_client_rejoin():
+    """XEP-0048 bookmarks in private XML storage (XEP-0049): a client stores its rooms with
+    autojoin, and a later session of the same account reads them back and rejoins."""
+    NS_PRIV, NS_BM = 'jabber:iq:private', 'storage:bookmarks'
+    jid, pw = srv.new_user('bm')
+    a = Occ(srv, jid, pw, resource='first')
+    room = new_room()
+    a.create(room, 'me')
+    r, _ = a.iq("<query xmlns='%s'><storage xmlns='%s'><conference jid='%s' autojoin='true' "
+                "name='Our room'><nick>me</nick></conference></storage></query>"
+                % (NS_PRIV, NS_BM, room), 'set')
+    check(r.get('type') == 'result', 'bookmark store refused: %s' % ET.tostring(r))
+    a.leave(room, 'me')
+    a.close()
+    b = Occ(srv, jid, pw, resource='second')
+    r, _ = b.iq("<query xmlns='%s'><storage xmlns='%s'/></query>" % (NS_PRIV, NS_BM), 'get')
+    conf = r.find('{%s}query/{%s}storage/{%s}conference' % (NS_PRIV, NS_BM, NS_BM))
+    check(conf is not None and conf.get('jid') == room and conf.get('autojoin') == 'true',
+          'bookmarks: %s' % ET.tostring(r))
+    nick = conf.findtext('{%s}nick' % NS_BM)
+    p, _ = b.join_ok(conf.get('jid'), nick)
+    check('110' in codes(p), 'rejoin from the bookmark failed: %s' % ET.tostring(p))
+    b.close()
