@@ -13,7 +13,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +23,7 @@
 #include "isthmus/chanbind.h"
 #include "isthmus/conn.h"
 #include "isthmus/hmap.h"
+#include "isthmus/listener.h"
 #include "isthmus/hooks.h"
 #include "isthmus/log.h"
 #include "isthmus/module.h"
@@ -82,12 +82,6 @@ struct c2s {
     struct c2s *moved_to; /* this stream resumed that session, which now owns conn and xs */
     struct c2s *next_res, *prev_res; /* same account */
     struct c2s *next_all, *prev_all;
-};
-
-struct listener {
-    int fd;
-    bool direct_tls;
-    struct listener *next;
 };
 
 /* Failed authentications per IP within the window (RFC 6120 §6.4.5's retry advice, applied
@@ -1385,53 +1379,11 @@ static void accept_one(int fd, bool direct_tls)
         c2s_stream_error(s, "internal-server-error", NULL);
 }
 
-static void on_accept(struct ev_loop *loop, int fd, unsigned events, void *ud)
-{
-    (void)loop;
-    (void)events;
-    struct listener *l = ud;
-    for (int i = 0; i < 64; i++) {
-        int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (cfd < 0) {
-            if (errno == EMFILE || errno == ENFILE)
-                log_error(NULL, "accept: %s (raise the open files limit)", strerror(errno));
-            break;
-        }
-        accept_one(cfd, l->direct_tls);
-    }
-}
 
 static int listen_on(const struct config_addr *a, bool direct_tls, char *err, size_t errlen)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-    struct addrinfo *res;
-    char port[8];
-    snprintf(port, sizeof port, "%u", a->port);
-    int rc = getaddrinfo(a->host, port, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "[c2s] cannot resolve %s: %s", a->host, gai_strerror(rc));
+    if (listener_open(&listeners, a, "c2s", direct_tls, accept_one, err, errlen) < 0)
         return -1;
-    }
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd >= 0)
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
-        snprintf(err, errlen, "[c2s] cannot listen on %s:%u: %s", a->host, a->port,
-                 strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        freeaddrinfo(res);
-        return -1;
-    }
-    freeaddrinfo(res);
-    struct listener *l = xcalloc(1, sizeof *l);
-    l->fd = fd;
-    l->direct_tls = direct_tls;
-    l->next = listeners;
-    listeners = l;
-    ev_io_add(server.loop, fd, EV_READ, on_accept, l);
     log_info(NULL, "c2s listening on %s:%u%s", a->host, a->port, direct_tls ? " (direct TLS)" : "");
     return 0;
 }
@@ -1452,13 +1404,7 @@ int c2s_init(char *err, size_t errlen)
 
 static void close_listeners(void)
 {
-    while (listeners) {
-        struct listener *l = listeners;
-        listeners = l->next;
-        ev_io_del(server.loop, l->fd);
-        close(l->fd);
-        free(l);
-    }
+    listener_close_all(&listeners);
 }
 
 /* Detached sessions end at once: their unacknowledged messages go to offline storage. Ending one

@@ -4,7 +4,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 #include <signal.h>
@@ -19,6 +18,7 @@
 #include <unistd.h>
 
 #include "isthmus/conn.h"
+#include "isthmus/listener.h"
 #include "isthmus/log.h"
 #include "isthmus/router.h"
 #include "isthmus/server.h"
@@ -60,11 +60,6 @@ struct cstream {
     bool header_sent;
     bool closing;
     struct cstream *next, *prev;
-};
-
-struct listener {
-    int fd;
-    struct listener *next;
 };
 
 static struct comp *comps;
@@ -130,30 +125,17 @@ static struct comp *comp_named(const char *domain)
     return NULL;
 }
 
-/* ---- output ---- */
-
-static void rename_ns(struct stanza *st, const char *from, const char *to)
-{
-    if (st->kind != STANZA_ELEM)
-        return;
-    if (strcmp(st->ns, from) == 0) {
-        free(st->ns);
-        st->ns = xstrdup(to);
-    }
-    for (struct stanza *c = st->first; c; c = c->next)
-        rename_ns(c, from, to);
-}
-
 static void send_raw(struct cstream *s, const char *text)
 {
     if (!s->closing && s->conn)
         conn_write_str(s->conn, text);
 }
 
-/* Writes a stanza (borrowed, jabber:client) in the component namespace. */
+/* Writes a stanza in the component namespace; it is renamed in place, so the caller frees it
+ * afterwards and does not reuse it. */
 static void send_stanza(struct cstream *s, struct stanza *st)
 {
-    rename_ns(st, NS_CLIENT, NS_COMPONENT);
+    stanza_rename_ns(st, NS_CLIENT, NS_COMPONENT);
     struct buf b;
     buf_init(&b);
     stanza_serialize(st, NS_COMPONENT, &b);
@@ -424,7 +406,7 @@ static void in_stanza(struct cstream *s, struct stanza *st)
         stanza_free(st);
         return;
     }
-    rename_ns(st, NS_COMPONENT, NS_CLIENT);
+    stanza_rename_ns(st, NS_COMPONENT, NS_CLIENT);
     char *fs = jid_to_string(&from);
     stanza_set_attr(st, "from", fs);
     free(fs);
@@ -693,67 +675,27 @@ static void handshake_timeout(struct ev_loop *loop, void *ud)
     stream_error(s, "connection-timeout", "No handshake in time");
 }
 
-static void on_accept(struct ev_loop *loop, int fd, unsigned events, void *ud)
+static void accept_one(int cfd, bool unused)
 {
-    (void)loop;
-    (void)events;
-    (void)ud;
-    for (int i = 0; i < 64; i++) {
-        int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (cfd < 0)
-            break;
-        struct cstream *s = stream_new();
-        s->conn = conn_new(server.loop, cfd, s->tag, server.cfg.max_output_buffer, &comp_conn_ops,
-                           s);
-        s->timer = ev_timer_add(server.loop, (uint64_t)server.cfg.c2s_auth_timeout * 1000,
-                                handshake_timeout, s);
-        log_debug(s->tag, "connection from %s", conn_peer_ip(s->conn));
-    }
+    (void)unused;
+    struct cstream *s = stream_new();
+    s->conn = conn_new(server.loop, cfd, s->tag, server.cfg.max_output_buffer, &comp_conn_ops, s);
+    s->timer = ev_timer_add(server.loop, (uint64_t)server.cfg.c2s_auth_timeout * 1000,
+                            handshake_timeout, s);
+    log_debug(s->tag, "connection from %s", conn_peer_ip(s->conn));
 }
 
 static int listen_on(const struct config_addr *a, char *err, size_t errlen)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-    struct addrinfo *res;
-    char port[8];
-    snprintf(port, sizeof port, "%u", a->port);
-    int rc = getaddrinfo(a->host, port, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "[component] cannot resolve %s: %s", a->host, gai_strerror(rc));
+    if (listener_open(&listeners, a, "component", false, accept_one, err, errlen) < 0)
         return -1;
-    }
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd >= 0)
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 64) < 0) {
-        snprintf(err, errlen, "[component] cannot listen on %s:%u: %s", a->host, a->port,
-                 strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        freeaddrinfo(res);
-        return -1;
-    }
-    freeaddrinfo(res);
-    struct listener *l = xcalloc(1, sizeof *l);
-    l->fd = fd;
-    l->next = listeners;
-    listeners = l;
-    ev_io_add(server.loop, fd, EV_READ, on_accept, l);
     log_info(NULL, "component listener on %s:%u", a->host, a->port);
     return 0;
 }
 
 static void close_listeners(void)
 {
-    while (listeners) {
-        struct listener *l = listeners;
-        listeners = l->next;
-        ev_io_del(server.loop, l->fd);
-        close(l->fd);
-        free(l);
-    }
+    listener_close_all(&listeners);
 }
 
 int component_init(char *err, size_t errlen)

@@ -3,7 +3,7 @@
 #include "isthmus/s2s.h"
 
 #include <errno.h>
-#include <netdb.h>
+#include <netinet/in.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <stdio.h>
@@ -16,6 +16,7 @@
 #include "isthmus/conn.h"
 #include "isthmus/hmap.h"
 #include "isthmus/jid.h"
+#include "isthmus/listener.h"
 #include "isthmus/log.h"
 #include "isthmus/resolver.h"
 #include "isthmus/router.h"
@@ -61,12 +62,6 @@ struct s2s {
     /* incoming */
     struct hmap authed;   /* remote domains authenticated on this stream */
     struct s2s *next, *prev;
-};
-
-struct listener {
-    int fd;
-    bool direct_tls;
-    struct listener *next;
 };
 
 static struct s2s *all_streams;
@@ -138,18 +133,6 @@ static char *dialback_key(const char *receiving, const char *originating, const 
 
 /* ---- output ---- */
 
-static void rename_ns(struct stanza *st, const char *from, const char *to)
-{
-    if (st->kind != STANZA_ELEM)
-        return;
-    if (strcmp(st->ns, from) == 0) {
-        free(st->ns);
-        st->ns = xstrdup(to);
-    }
-    for (struct stanza *c = st->first; c; c = c->next)
-        rename_ns(c, from, to);
-}
-
 static void send_raw(struct s2s *s, const char *text)
 {
     if (!s->closing && s->conn) {
@@ -161,7 +144,7 @@ static void send_raw(struct s2s *s, const char *text)
 /* Writes a stanza (ours to take) in the jabber:server namespace. */
 static void send_stanza(struct s2s *s, struct stanza *st)
 {
-    rename_ns(st, NS_CLIENT, NS_SERVER);
+    stanza_rename_ns(st, NS_CLIENT, NS_SERVER);
     struct buf b;
     buf_init(&b);
     stanza_serialize(st, NS_SERVER, &b);
@@ -745,7 +728,7 @@ static void in_stanza(struct s2s *s, struct stanza *st)
         stream_error(s, "host-unknown", "This server does not serve that domain");
         stanza_free(st);
     } else {
-        rename_ns(st, NS_SERVER, NS_CLIENT);
+        stanza_rename_ns(st, NS_SERVER, NS_CLIENT);
         char *fs = jid_to_string(&from), *ts = jid_to_string(&to);
         stanza_set_attr(st, "from", fs);
         stanza_set_attr(st, "to", ts);
@@ -1063,50 +1046,11 @@ static void accept_one(int fd, bool direct_tls)
     }
 }
 
-static void on_accept(struct ev_loop *loop, int fd, unsigned events, void *ud)
-{
-    (void)loop;
-    (void)events;
-    struct listener *l = ud;
-    for (int i = 0; i < 64; i++) {
-        int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (cfd < 0)
-            break;
-        accept_one(cfd, l->direct_tls);
-    }
-}
 
 static int listen_on(const struct config_addr *a, bool direct_tls, char *err, size_t errlen)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-    struct addrinfo *res;
-    char port[8];
-    snprintf(port, sizeof port, "%u", a->port);
-    int rc = getaddrinfo(a->host, port, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "[s2s] cannot resolve %s: %s", a->host, gai_strerror(rc));
+    if (listener_open(&listeners, a, "s2s", direct_tls, accept_one, err, errlen) < 0)
         return -1;
-    }
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd >= 0)
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 256) < 0) {
-        snprintf(err, errlen, "[s2s] cannot listen on %s:%u: %s", a->host, a->port,
-                 strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        freeaddrinfo(res);
-        return -1;
-    }
-    freeaddrinfo(res);
-    struct listener *l = xcalloc(1, sizeof *l);
-    l->fd = fd;
-    l->direct_tls = direct_tls;
-    l->next = listeners;
-    listeners = l;
-    ev_io_add(server.loop, fd, EV_READ, on_accept, l);
     log_info(NULL, "s2s listening on %s:%u%s", a->host, a->port, direct_tls ? " (direct TLS)" : "");
     return 0;
 }
@@ -1134,13 +1078,7 @@ int s2s_init(char *err, size_t errlen)
 
 static void close_listeners(void)
 {
-    while (listeners) {
-        struct listener *l = listeners;
-        listeners = l->next;
-        ev_io_del(server.loop, l->fd);
-        close(l->fd);
-        free(l);
-    }
+    listener_close_all(&listeners);
 }
 
 void s2s_shutdown(void)

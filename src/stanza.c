@@ -487,3 +487,15 @@ struct stanza *stanza_iq_result(const struct stanza *iq)
         return NULL;
     return reply_to(iq, "result");
 }
+
+void stanza_rename_ns(struct stanza *st, const char *from, const char *to)
+{
+    if (st->kind != STANZA_ELEM)
+        return;
+    if (strcmp(st->ns, from) == 0) {
+        free(st->ns);
+        st->ns = xstrdup(to);
+    }
+    for (struct stanza *c = st->first; c; c = c->next)
+        stanza_rename_ns(c, from, to);
+}

@@ -72,6 +72,10 @@ char *stanza_child_text(const struct stanza *st, const char *name, const char *n
 void stanza_serialize(const struct stanza *st, const char *parent_ns, struct buf *out);
 char *stanza_to_string(const struct stanza *st, const char *parent_ns);
 
+/* Renames namespace `from` to `to` on st and every descendant element: stanzas cross between
+ * jabber:client (inside the server), jabber:server (s2s) and jabber:component:accept. */
+void stanza_rename_ns(struct stanza *st, const char *from, const char *to);
+
 /* XML escaping of character data (&, <, >) or attribute values (also ", '). */
 void xml_escape(struct buf *out, const char *s, size_t len, bool attr);
 
