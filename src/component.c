@@ -183,13 +183,7 @@ static void stream_error(struct cstream *s, const char *condition, const char *t
         send_header(s, NULL); /* RFC 6120 §4.9.1.1 */
     struct buf b;
     buf_init(&b);
-    buf_printf(&b, "<stream:error><%s xmlns='" NS_STREAM_ERRORS "'/>", condition);
-    if (text) {
-        buf_puts(&b, "<text xmlns='" NS_STREAM_ERRORS "'>");
-        xml_escape(&b, text, strlen(text), false);
-        buf_puts(&b, "</text>");
-    }
-    buf_puts(&b, "</stream:error></stream:stream>");
+    xml_stream_error(&b, condition, text);
     send_raw(s, b.data);
     buf_fini(&b);
     log_info(s->tag, "stream error %s%s%s", condition, text ? ": " : "", text ? text : "");

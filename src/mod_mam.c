@@ -94,21 +94,6 @@ static int parse_datetime(const char *s, int64_t *out)
     return 0;
 }
 
-/* XEP-0359 §3.1: a <stanza-id/> claiming to come from the archive at `by` is only believable
- * if we added it, so any that arrives from outside is removed. */
-static void strip_stanza_ids(struct stanza *m, const char *by)
-{
-    struct stanza *el = stanza_first_elem(m);
-    while (el) {
-        struct stanza *next = stanza_next_elem(el);
-        if (strcmp(el->name, "stanza-id") == 0 && strcmp(el->ns, NS_SID) == 0 &&
-            str_eq(stanza_attr(el, "by"), by)) {
-            stanza_remove(el);
-            stanza_free(el);
-        }
-        el = next;
-    }
-}
 
 static void add_stanza_id(struct stanza *m, const char *by, const char *id)
 {
@@ -304,7 +289,7 @@ static int incoming(struct hook_ctx *ctx)
     struct stanza *m = ctx->stanza;
     if (ctx->redelivery || !ctx->bare || !ctx->to->local)
         return HOOK_PASS;
-    strip_stanza_ids(m, ctx->bare);
+    stanza_strip_ids(m, ctx->bare);
     const char *from = stanza_attr(m, "from");
     if (!from || !archivable(m) || !should_archive(ctx->to->domain, ctx->to->local, from))
         return HOOK_PASS;
@@ -323,7 +308,7 @@ static int outgoing(struct hook_ctx *ctx)
     struct stanza *m = ctx->stanza;
     if (strcmp(m->name, "message") != 0 || !ctx->session || !ctx->bare)
         return HOOK_PASS;
-    strip_stanza_ids(m, ctx->bare);
+    stanza_strip_ids(m, ctx->bare);
     const char *to = stanza_attr(m, "to");
     if (!to || !archivable(m))
         return HOOK_PASS;
@@ -345,7 +330,7 @@ static int outgoing(struct hook_ctx *ctx)
 static int outgoing_strip(struct hook_ctx *ctx)
 {
     if (strcmp(ctx->stanza->name, "message") == 0 && ctx->bare)
-        strip_stanza_ids(ctx->stanza, ctx->bare);
+        stanza_strip_ids(ctx->stanza, ctx->bare);
     return HOOK_PASS;
 }
 

@@ -689,20 +689,6 @@ static void room_presence(struct muc_room *r, struct stanza *p, const struct jid
     }
 }
 
-/* XEP-0359 §3.1: nobody may claim the room stamped what it did not stamp. */
-static void strip_stanza_ids(struct stanza *m, const char *by)
-{
-    struct stanza *el = stanza_first_elem(m);
-    while (el) {
-        struct stanza *next = stanza_next_elem(el);
-        if (strcmp(el->name, "stanza-id") == 0 && strcmp(el->ns, NS_SID) == 0 &&
-            str_eq(stanza_attr(el, "by"), by)) {
-            stanza_remove(el);
-            stanza_free(el);
-        }
-        el = next;
-    }
-}
 
 /* §7.4 groupchat, §8.1 subject. */
 static void groupchat(struct muc_room *r, struct stanza *m, struct muc_occupant *o)
@@ -736,7 +722,7 @@ static void groupchat(struct muc_room *r, struct stanza *m, struct muc_occupant 
     char *from = occupant_jid(r, o->nick);
     stanza_set_attr(out, "from", from);
     free(from);
-    strip_stanza_ids(out, r->jid);
+    stanza_strip_ids(out, r->jid);
     /* XEP-0313 §5.1.2 / XEP-0359: the archive id is the stanza id. */
     char *id = has_body ? muc_mam_store(r, out, o->nick) : NULL;
     if (!id)

@@ -499,3 +499,28 @@ void stanza_rename_ns(struct stanza *st, const char *from, const char *to)
     for (struct stanza *c = st->first; c; c = c->next)
         stanza_rename_ns(c, from, to);
 }
+
+void stanza_strip_ids(struct stanza *m, const char *by)
+{
+    struct stanza *el = stanza_first_elem(m);
+    while (el) {
+        struct stanza *next = stanza_next_elem(el);
+        if (strcmp(el->name, "stanza-id") == 0 && strcmp(el->ns, "urn:xmpp:sid:0") == 0 &&
+            str_eq(stanza_attr(el, "by"), by)) {
+            stanza_remove(el);
+            stanza_free(el);
+        }
+        el = next;
+    }
+}
+
+void xml_stream_error(struct buf *out, const char *condition, const char *text)
+{
+    buf_printf(out, "<stream:error><%s xmlns='" NS_STREAM_ERRORS "'/>", condition);
+    if (text) {
+        buf_puts(out, "<text xmlns='" NS_STREAM_ERRORS "' xml:lang='en'>");
+        xml_escape(out, text, strlen(text), false);
+        buf_puts(out, "</text>");
+    }
+    buf_puts(out, "</stream:error></stream:stream>");
+}

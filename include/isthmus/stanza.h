@@ -76,6 +76,13 @@ char *stanza_to_string(const struct stanza *st, const char *parent_ns);
  * jabber:client (inside the server), jabber:server (s2s) and jabber:component:accept. */
 void stanza_rename_ns(struct stanza *st, const char *from, const char *to);
 
+/* XEP-0359 §3.1: removes every <stanza-id by=BY/> from m's children — an id claiming to come
+ * from BY's archive is believable only if BY added it. */
+void stanza_strip_ids(struct stanza *m, const char *by);
+
+/* Appends <stream:error><CONDITION/>[<text/>]</stream:error></stream:stream> (RFC 6120 §4.9). */
+void xml_stream_error(struct buf *out, const char *condition, const char *text);
+
 /* XML escaping of character data (&, <, >) or attribute values (also ", '). */
 void xml_escape(struct buf *out, const char *s, size_t len, bool attr);
 
