@@ -617,3 +617,21 @@ def test_bookmarks_let_a_client_rejoin():
     p, _ = b.join_ok(conf.get('jid'), nick)
     check('110' in codes(p), 'rejoin from the bookmark failed: %s' % ET.tostring(p))
     b.close()
+
+
+def test_direct_invitation_reaches_the_invitee():
+    """XEP-0249 direct invitations go from user to user, not through the room; the server must
+    deliver them intact (the jabber:x:conference payload with the room and its password)."""
+    a, b = user('dia'), user('dib')
+    room = new_room()
+    a.create(room, 'a')
+    a.send("<message to='%s' id='inv1'><x xmlns='jabber:x:conference' jid='%s' "
+           "password='pw' reason='join us'/></message>" % (bare(b), room))
+    m = b.next_el(lambda e: e.tag == C + 'message' and
+                  e.find('{jabber:x:conference}x') is not None)
+    x = m.find('{jabber:x:conference}x')
+    check(m.get('from') == a.jid and x.get('jid') == room and x.get('password') == 'pw' and
+          x.get('reason') == 'join us', ET.tostring(m))
+    p, _ = b.join_ok(x.get('jid'), 'b')
+    check('110' in codes(p), 'invitee could not join')
+    a.close(), b.close()
