@@ -55,6 +55,7 @@ struct s2s {
     bool tried_external;
     bool negotiated;      /* features seen after TLS: db:verify may be sent */
     const char *auth_method;
+    struct s2s *carrier;   /* piggybacked (XEP-0220 §2.5): rides on this stream's connection */
     struct stanza **queue; /* stanzas waiting for READY */
     size_t nqueue;
     struct stanza **verifies; /* db:verify requests waiting for `negotiated` */
@@ -135,9 +136,10 @@ static char *dialback_key(const char *receiving, const char *originating, const 
 
 static void send_raw(struct s2s *s, const char *text)
 {
-    if (!s->closing && s->conn) {
-        conn_write_str(s->conn, text);
-        s->last_activity = now_ms();
+    struct s2s *via = s->carrier && !s->closing ? s->carrier : s;
+    if (!via->closing && via->conn) {
+        conn_write_str(via->conn, text);
+        via->last_activity = now_ms();
     }
 }
 
@@ -288,9 +290,13 @@ static void free_later(struct ev_loop *loop, void *ud)
 /* An outgoing stream that cannot deliver: every queued stanza goes back to its sender with
  * condition (RFC 6120 §8.3.3.13 remote-server-not-found, §8.3.3.14 remote-server-timeout), and
  * incoming streams waiting for a dialback verdict through it hear "invalid". */
+static void drop_riders(struct s2s *carrier, const char *why);
+
 static void out_fail(struct s2s *s, const char *condition, const char *why)
 {
     log_info(s->tag, "%s -> %s failed: %s", s->local, s->remote, why);
+    drop_riders(s, why);
+    s->carrier = NULL;
     char *k = pair_key(s->local, s->remote);
     if (hmap_get(&outgoing, k) == s)
         hmap_del(&outgoing, k);
@@ -314,6 +320,17 @@ static void out_fail(struct s2s *s, const char *condition, const char *why)
         s->closing = true;
         ev_defer(server.loop, free_later, s);
     }
+}
+
+/* Streams piggybacked on a carrier that goes away go with it; the next stanza for their
+ * domain pair starts afresh. */
+static void drop_riders(struct s2s *carrier, const char *why)
+{
+    for (struct s2s *r = all_streams; r; r = r->next)
+        if (r->dir == S2S_OUT && r->carrier == carrier && !r->closing) {
+            r->carrier = NULL;
+            out_fail(r, "remote-server-not-found", why);
+        }
 }
 
 /* ---- incoming: dialback answers ---- */
@@ -462,6 +479,30 @@ static struct s2s *out_get(const char *local, const char *remote)
     s->state = OUT_RESOLVING;
     s->timer = ev_timer_add(server.loop, (uint64_t)server.cfg.s2s_connect_timeout * 1000,
                             setup_timeout, s);
+    /* XEP-0220 §2.5: another of our domains already talks to `remote` over a dialback-
+     * authenticated stream: authorize this one on it instead of opening a connection. */
+    for (struct s2s *c = all_streams; c; c = c->next) {
+        if (c == s || c->dir != S2S_OUT || c->carrier || c->closing || !c->conn ||
+            c->state != OUT_READY || !str_eq(c->auth_method, "dialback") ||
+            strcasecmp(c->remote, remote) != 0)
+            continue;
+        s->carrier = c;
+        s->state = OUT_NEGOTIATING;
+        snprintf(s->stream_id, sizeof s->stream_id, "%s", c->stream_id);
+        log_info(s->tag, "%s -> %s: piggybacked on %s (dialback)", local, remote, c->tag);
+        char *key = dialback_key(remote, local, c->stream_id);
+        struct buf b;
+        buf_init(&b);
+        buf_puts(&b, "<db:result from='");
+        xml_escape(&b, local, strlen(local), true);
+        buf_puts(&b, "' to='");
+        xml_escape(&b, remote, strlen(remote), true);
+        buf_printf(&b, "'>%s</db:result>", key);
+        send_raw(c, b.data);
+        buf_fini(&b);
+        free(key);
+        return s;
+    }
     for (size_t i = 0; i < server.cfg.n_s2s_routes; i++) {
         const struct config_route *r = &server.cfg.s2s_routes[i];
         if (strcasecmp(r->domain, remote) == 0) {
@@ -855,10 +896,20 @@ static void out_element(struct s2s *s, struct stanza *el)
         log_info(s->tag, "%s refused SASL EXTERNAL; trying dialback", s->remote);
         out_dialback(s, true);
     } else if (strcmp(el->ns, NS_DIALBACK) == 0 && strcmp(el->name, "result") == 0) {
-        if (str_eq(stanza_attr(el, "type"), "valid"))
-            out_ready(s, "dialback");
-        else
-            out_fail(s, "remote-server-not-found", "the remote server refused our dialback");
+        /* The verdict is for the domain in 'to': this stream's own, or one piggybacked on it. */
+        struct s2s *who = s;
+        const char *to = stanza_attr(el, "to");
+        if (to && s->local && strcasecmp(to, s->local) != 0) {
+            char *k = pair_key(to, s->remote);
+            who = hmap_get(&outgoing, k);
+            free(k);
+            if (who && who->carrier != s)
+                who = NULL;
+        }
+        if (who && str_eq(stanza_attr(el, "type"), "valid"))
+            out_ready(who, who == s ? "dialback" : "dialback, piggybacked");
+        else if (who)
+            out_fail(who, "remote-server-not-found", "the remote server refused our dialback");
     } else if (strcmp(el->ns, NS_DIALBACK) == 0 && strcmp(el->name, "verify") == 0) {
         /* The authoritative server's verdict on a key an incoming stream presented. */
         const char *id = stanza_attr(el, "id");
@@ -985,6 +1036,8 @@ static void on_closed(struct conn *c, void *ud, const char *reason)
         return;
     }
     log_info(s->tag, "closed: %s", reason);
+    if (s->dir == S2S_OUT)
+        drop_riders(s, "connection lost");
     if (s->dir == S2S_OUT && s->local && s->remote) {
         char *k = pair_key(s->local, s->remote);
         if (hmap_get(&outgoing, k) == s)

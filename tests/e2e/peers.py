@@ -33,6 +33,7 @@ TEMPLATES = HERE / 'peers'
 
 OURS = 'ours.test'
 OURS_IP = '127.0.0.10'
+OURS_TWO = 'two.ours.test'    # a second [host] of ours (dialback piggybacking)
 OURS_COMP = 'comp.ours.test'  # a component of ours (test_federation connects one)
 OURS_MUC = 'conference.ours.test'  # our MUC service; the CA certificate for ours.test names *.ours.test
 PROSODY_DOMAIN = 'peer.test'
@@ -259,7 +260,8 @@ class Prosody(_Process):
         self.ca = ca
         self.secure_auth = secure_auth
         self.hosts = hosts if hosts is not None else {OURS: OURS_IP, OURS_MUC: OURS_IP,
-                                                       OURS_COMP: OURS_IP, EJ_DOMAIN: EJ_IP}
+                                                       OURS_COMP: OURS_IP, OURS_TWO: OURS_IP,
+                                                       EJ_DOMAIN: EJ_IP}
         os.makedirs(os.path.join(self.dir, 'data'), exist_ok=True)
         self.cert, self.key, _ = ca.issue(self.domain)
 

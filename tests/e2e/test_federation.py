@@ -79,7 +79,7 @@ class Listener:
         self.sock.close()
 
 
-def _start_ours(cert=None, key=None, s2s=None):
+def _start_ours(cert=None, key=None, s2s=None, second_host=False):
     cert = cert or certs['ours'][0]
     key = key or certs['ours'][1]
     routes = {'closed.test': '127.0.0.1:%d' % closed_port,
@@ -88,9 +88,12 @@ def _start_ours(cert=None, key=None, s2s=None):
     extra = {'deny': 'denied.test', 'connect_timeout': CONNECT_TIMEOUT}
     extra.update(s2s or {})
     return P.Ours(ca, cert, key, s2s=extra, routes=routes,
-                  overrides={'offline': {'max_messages': '0'},
-                             'component': {'listen': '127.0.0.1:%d' % COMP_PORT},
-                             'component ' + COMP: {'secret': COMP_SECRET}}).start()
+                  overrides=dict({'offline': {'max_messages': '0'},
+                                  'component': {'listen': '127.0.0.1:%d' % COMP_PORT},
+                                  'component ' + COMP: {'secret': COMP_SECRET}},
+                                 **({'host ' + P.OURS_TWO: {'certificate': cert, 'key': key,
+                                                            'registration': 'false'}}
+                                    if second_host else {}))).start()
 
 
 def setup_module():
@@ -663,7 +666,7 @@ async def test_dialback_only_federation():
     bad_cert, bad_key, _ = ca.self_signed(P.OURS)
     try:
         ours = _start_ours(bad_cert, bad_key, {'require_valid_certificates': 'false',
-                                               'dialback': 'true'})
+                                               'dialback': 'true'}, second_host=True)
     except BaseException as e:
         ours_error = str(e)
         raise
@@ -682,5 +685,20 @@ async def test_dialback_only_federation():
     check('asking %s if key' % P.OURS in plog,
           'Prosody never verified a dialback key with ours.test:\n%s' % plog[-3000:])
     check('dialback' in ours.log().lower(), 'our log does not mention dialback')
+    # XEP-0220 §2.5 piggybacking: a user of our second host writes to the same peer; the
+    # stream ours.test -> peer.test carries it after one more <db:result/>, which Prosody
+    # verifies with two.ours.test; no second connection is opened.
+    b_jid, b_pw = 'piggy-%d@%s' % (os.getpid(), P.OURS_TWO), 'pigpw'
+    ours.add_user(b_jid, b_pw)
+    b = await h.connect(ours, b_jid + '/r', b_pw)
+    b.send_message(mto=r_jid, mbody='piggybacked', mtype='chat')
+    await expect_message(r, b_jid + '/r', 'piggybacked')
+    r.send_message(mto=b_jid, mbody='to the second host', mtype='chat')
+    await expect_message(b, r_jid + '/r', 'to the second host')
+    check('piggybacked on' in ours.log(), 'the second domain did not piggyback:\n%s'
+          % ours.log_tail())
+    check('asking %s if key' % P.OURS_TWO in prosody.log()[mark:],
+          'Prosody never verified the piggybacked key with %s' % P.OURS_TWO)
+    await b.close()
     await a.close()
     await r.close()
