@@ -595,15 +595,10 @@ static void xs_open(void *ud, const struct stanza *header, const char *default_n
     send_header(s, from_prep);
     free(from_prep);
     free(domain);
-    /* RFC 6120 §4.8.2: the content namespace must be jabber:client on a c2s stream. */
-    if (strcmp(default_ns, NS_CLIENT) != 0) {
-        c2s_stream_error(s, "invalid-namespace", "Client streams use jabber:client");
-        return;
-    }
-    /* RFC 6120 §4.7.5: we speak 1.0; a missing version means a pre-RFC stream. */
-    const char *version = stanza_attr(header, "version");
-    if (!version || strncmp(version, "1.", 2) != 0) {
-        c2s_stream_error(s, "unsupported-version", "This server requires XMPP version 1.0");
+    const char *why;
+    const char *cond = xmlstream_check_header(header, default_ns, NS_CLIENT, &why);
+    if (cond) {
+        c2s_stream_error(s, cond, why);
         return;
     }
     if (!known) {

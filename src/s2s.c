@@ -601,21 +601,19 @@ static void xs_open(void *ud, const struct stanza *header, const char *default_n
     const char *from = stanza_attr(header, "from");
     char *local = to ? jid_prep_domain(to) : NULL;
     char *remote = from ? jid_prep_domain(from) : NULL;
-    if (local && server_serves_domain(local) && !s->local)
+    bool served = local && server_serves_domain(local);
+    if (served && !s->local)
         s->local = xstrdup(local);
     if (remote && !s->remote)
         s->remote = xstrdup(remote);
-    bool known = local && server_serves_domain(local) && str_eq(local, s->local);
+    bool known = served && str_eq(local, s->local);
     free(local);
     free(remote);
     send_header(s);
-    if (strcmp(default_ns, NS_SERVER) != 0) {
-        stream_error(s, "invalid-namespace", "Server streams use jabber:server");
-        return;
-    }
-    const char *version = stanza_attr(header, "version");
-    if (!version || strncmp(version, "1.", 2) != 0) {
-        stream_error(s, "unsupported-version", "This server requires XMPP version 1.0");
+    const char *why;
+    const char *cond = xmlstream_check_header(header, default_ns, NS_SERVER, &why);
+    if (cond) {
+        stream_error(s, cond, why);
         return;
     }
     if (!known) {

@@ -578,3 +578,20 @@ struct stanza *xmlstream_parse_element(const char *xml, size_t len, unsigned max
     }
     return p.el;
 }
+
+const char *xmlstream_check_header(const struct stanza *header, const char *default_ns,
+                                   const char *content_ns, const char **text)
+{
+    /* RFC 6120 §4.8.2: the content namespace fixes what kind of stream this is. */
+    if (strcmp(default_ns, content_ns) != 0) {
+        *text = "Wrong content namespace for this port";
+        return "invalid-namespace";
+    }
+    /* RFC 6120 §4.7.5: we speak 1.0; a missing version means a pre-RFC stream. */
+    const char *version = stanza_attr(header, "version");
+    if (!version || strncmp(version, "1.", 2) != 0) {
+        *text = "This server requires XMPP version 1.0";
+        return "unsupported-version";
+    }
+    return NULL;
+}

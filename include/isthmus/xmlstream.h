@@ -64,6 +64,12 @@ bool xmlstream_hibernate(struct xmlstream *xs);
  * Caller frees. */
 struct stanza *xmlstream_parse_element(const char *xml, size_t len, unsigned max_depth);
 
+/* The checks every stream header gets (RFC 6120 §4.7.5, §4.8.2): the default namespace must
+ * be content_ns and the version 1.x. Returns NULL, or the stream error condition with a
+ * human-readable *text. */
+const char *xmlstream_check_header(const struct stanza *header, const char *default_ns,
+                                   const char *content_ns, const char **text);
+
 /* True when a stream header has been received and the stream is not dead. */
 int xmlstream_is_open(const struct xmlstream *xs);
 
