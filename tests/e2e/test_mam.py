@@ -57,8 +57,11 @@ class RawUser:
         self.raw.send(xml)
 
     def message(self, to, body, mtype='chat', extra='', mid=None):
+        """Sends a message, then a ping on the same stream: when this returns the server has
+        routed the message, so another user's messages() sees what it caused."""
         self.raw.send("<message to='%s' type='%s' id='%s'><body>%s</body>%s</message>"
                       % (to, mtype, mid or 'm%d' % next(_ids), esc(body), extra))
+        self.ping()
 
     def iq(self, payload, itype='set', to=None):
         """Sends an iq; returns (reply iq, elements received before it)."""
