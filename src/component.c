@@ -620,6 +620,16 @@ static void child_exec(struct comp *c, int out)
     setenv("ISTHMUS_COMPONENT_HOST", a->host, 1);
     setenv("ISTHMUS_COMPONENT_PORT", port, 1);
     setenv("ISTHMUS_SERVER_HOST", parent_host(c), 1);
+    /* Gateways' default commands run isthmus-<type> from the server binary's directory. */
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash)
+            *slash = '\0';
+        setenv("ISTHMUS_BINDIR", exe, 1);
+    }
     char *cmd = xasprintf("exec %s", c->cfg->command);
     execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
     dprintf(2, "cannot run /bin/sh: %s\n", strerror(errno));

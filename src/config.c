@@ -36,6 +36,7 @@ enum directive_type {
     T_ARCHIVE_POLICY, /* int, enum archive_policy: always | roster | never */
     T_DOMAIN_LIST,    /* char ** at offset, size_t count at count_offset: "a.example, b.example" */
     T_ROUTE_LIST,     /* struct config_route *, count: "a.example=127.0.0.2:5269, ..." */
+    T_STRING_LIST,    /* char ** at offset, size_t count: "a@example.org, b@example.org" */
 };
 
 #define D_REQUIRED 1u /* an empty value is an error (types where empty would mean NULL) */
@@ -54,6 +55,9 @@ struct directive {
 #define CFG(f) offsetof(struct config, f)
 #define HOST(f) offsetof(struct config_host, f)
 #define COMP(f) offsetof(struct config_component, f)
+#define GW(f) offsetof(struct config_gateway, f)
+#define IRCNET(f) offsetof(struct config_irc_network, f)
+#define BRIDGE(f) offsetof(struct config_bridge, f)
 #define KIB 1024ull
 #define MIB (1024ull * 1024)
 #define GIB (1024ull * 1024 * 1024)
@@ -133,6 +137,36 @@ static const struct directive directives[] = {
     {"component NAME", "message", T_STRING, COMP(message), 0, "none", 0, 0, 0},
     {"component NAME", "command", T_STRING, COMP(command), 0, NULL, 0, 0, 0},
     {"component NAME", "restart_delay", T_UINT, COMP(restart_delay), 0, "1", 1, 60, 0},
+
+    {"gateway", "type", T_STRING, GW(type), 0, NULL, 0, 0, 0},
+    {"gateway", "enabled", T_BOOL, GW(enabled), 0, "true", 0, 0, 0},
+    {"gateway", "command", T_STRING, GW(command), 0, NULL, 0, 0, 0},
+    {"gateway", "secret", T_STRING, GW(secret), 0, NULL, 0, 0, 0},
+    {"gateway", "roster", T_STRING, GW(roster), 0, "both", 0, 0, 0},
+    {"gateway", "message", T_STRING, GW(message), 0, "outgoing", 0, 0, 0},
+    {"gateway", "restart_delay", T_UINT, GW(restart_delay), 0, "1", 1, 60, 0},
+    {"gateway", "server", T_ADDR_LIST, GW(server), GW(n_server), "", 0, 0, 0},
+    {"gateway", "database", T_PATH, GW(database), 0, NULL, 0, 0, 0},
+    {"gateway", "key_file", T_PATH, GW(key_file), 0, NULL, 0, 0, 0},
+    {"gateway", "admins", T_STRING_LIST, GW(admins), GW(n_admins), "", 0, 0, 0},
+    {"gateway", "archive_days", T_UINT, GW(archive_days), 0, "30", 0, 36500, 0},
+    {"gateway", "irc_realname", T_STRING, GW(irc_realname), 0, NULL, 0, 0, 0},
+    {"gateway", "irc_tls_verify", T_BOOL, GW(irc_tls_verify), 0, "true", 0, 0, 0},
+    {"gateway", "irc_flood_burst", T_UINT, GW(irc_flood_burst), 0, "5", 1, 100000, 0},
+    {"gateway", "irc_flood_interval_ms", T_UINT, GW(irc_flood_interval_ms), 0, "2000", 0, 60000,
+     0},
+    {"gateway", "irc_networks_only", T_BOOL, GW(irc_networks_only), 0, "false", 0, 0, 0},
+    {"gateway", "irc_max_connections", T_UINT, GW(irc_max_connections), 0, "0", 0, 10000000, 0},
+
+    {"irc-network", "address", T_ADDR_LIST, IRCNET(address), IRCNET(n_address), NULL, 0, 0, 0},
+    {"irc-network", "tls", T_BOOL, IRCNET(tls), 0, "true", 0, 0, 0},
+    {"irc-network", "tls_verify", T_BOOL, IRCNET(tls_verify), 0, "true", 0, 0, 0},
+    {"irc-network", "password", T_STRING, IRCNET(password), 0, NULL, 0, 0, 0},
+
+    {"bridge", "gateway", T_STRING, BRIDGE(gateway), 0, NULL, 0, 0, 0},
+    {"bridge", "irc", T_STRING, BRIDGE(irc), 0, NULL, 0, 0, 0},
+    {"bridge", "muc", T_STRING, BRIDGE(muc), 0, NULL, 0, 0, 0},
+    {"bridge", "nick", T_STRING, BRIDGE(nick), 0, "relaybot", 0, 0, 0},
 };
 
 #define N_DIRECTIVES ARRAY_LEN(directives)
@@ -155,6 +189,12 @@ static void *host_open(struct parser *p, const char *arg, unsigned line);
 static int host_close(struct parser *p, void *base);
 static void *component_open(struct parser *p, const char *arg, unsigned line);
 static int component_close(struct parser *p, void *base);
+static void *gateway_open(struct parser *p, const char *arg, unsigned line);
+static int gateway_close(struct parser *p, void *base);
+static void *irc_network_open(struct parser *p, const char *arg, unsigned line);
+static int irc_network_close(struct parser *p, void *base);
+static void *bridge_open(struct parser *p, const char *arg, unsigned line);
+static int bridge_close(struct parser *p, void *base);
 
 static const struct section_def sections[] = {
     {"server", false, NULL, NULL, NULL},
@@ -169,6 +209,9 @@ static const struct section_def sections[] = {
     {"host", true, host_open, host_close, NULL},
     {"component", false, NULL, NULL, NULL},
     {"component", true, component_open, component_close, "component NAME"},
+    {"gateway", true, gateway_open, gateway_close, NULL},
+    {"irc-network", true, irc_network_open, irc_network_close, NULL},
+    {"bridge", true, bridge_open, bridge_close, NULL},
 };
 
 static const char *section_keys(const struct section_def *s)
@@ -187,6 +230,7 @@ struct parser {
     void *base;                              /* where the current section's directives land */
     unsigned seen_line[ARRAY_LEN(sections)]; /* unnamed sections: header line, 0 = not yet */
     unsigned set_line[N_DIRECTIVES];         /* per directive, in the current section instance */
+    unsigned flags;                          /* CONFIG_* load flags */
 };
 
 static int fail(struct parser *p, unsigned line, const char *fmt, ...) PRINTF_LIKE(3, 4);
@@ -472,6 +516,16 @@ static int add_name(void *ud, const char *item, size_t len, char *msg, size_t ms
     return 0;
 }
 
+static int add_string(void *ud, const char *item, size_t len, char *msg, size_t msglen)
+{
+    (void)msg;
+    (void)msglen;
+    struct name_list *l = ud;
+    l->names = xrealloc(l->names, (l->n + 1) * sizeof *l->names);
+    l->names[l->n++] = xstrndup(item, len);
+    return 0;
+}
+
 struct route_list {
     struct config_route *routes;
     size_t n;
@@ -577,9 +631,10 @@ static int directive_set(const struct directive *d, void *base, const char *v, c
             return -1;
         }
         return 0;
-    case T_DOMAIN_LIST: {
+    case T_DOMAIN_LIST:
+    case T_STRING_LIST: {
         struct name_list l = {NULL, 0};
-        if (each_item(v, add_name, &l, msg, msglen) < 0) {
+        if (each_item(v, d->type == T_DOMAIN_LIST ? add_name : add_string, &l, msg, msglen) < 0) {
             free_names(l.names, l.n);
             return -1;
         }
@@ -645,6 +700,7 @@ static void directive_free(const struct directive *d, void *base)
         *(size_t *)((char *)base + d->count_offset) = 0;
         break;
     case T_DOMAIN_LIST:
+    case T_STRING_LIST:
         free_names(*(char ***)field, *(size_t *)((char *)base + d->count_offset));
         *(char ***)field = NULL;
         *(size_t *)((char *)base + d->count_offset) = 0;
@@ -789,26 +845,239 @@ static void *component_open(struct parser *p, const char *arg, unsigned line)
     return c;
 }
 
-static int component_close(struct parser *p, void *base)
+/* The rules of a component entry ([component NAME] or the one a [gateway NAME] makes). */
+static int component_check(struct parser *p, struct config_component *c, const char *what)
 {
-    struct config_component *c = base;
-    if (apply_defaults(p, "component NAME", c) < 0)
-        return -1;
     static const char *const roster[] = {"none", "get", "set", "both"};
     c->roster_access = -1;
     for (int i = 0; i < 4; i++)
         if (strcmp(c->roster, roster[i]) == 0)
             c->roster_access = i; /* the index is the CONFIG_ROSTER_* bits */
     if (c->roster_access < 0)
-        return fail(p, c->line, "[component %s] roster: expected none, get, set or both, got '%s'",
+        return fail(p, c->line, "[%s %s] roster: expected none, get, set or both, got '%s'", what,
                     c->name, c->roster);
     if (strcmp(c->message, "none") != 0 && strcmp(c->message, "outgoing") != 0)
-        return fail(p, c->line, "[component %s] message: expected none or outgoing, got '%s'",
+        return fail(p, c->line, "[%s %s] message: expected none or outgoing, got '%s'", what,
                     c->name, c->message);
     c->message_outgoing = strcmp(c->message, "outgoing") == 0;
     if (!c->secret && !c->command)
-        return fail(p, c->line, "[component %s] needs a secret (or a command, which gets a "
-                    "generated one)", c->name);
+        return fail(p, c->line, "[%s %s] needs a secret (or a command, which gets a "
+                    "generated one)", what, c->name);
+    return 0;
+}
+
+static int component_close(struct parser *p, void *base)
+{
+    struct config_component *c = base;
+    if (apply_defaults(p, "component NAME", c) < 0)
+        return -1;
+    return component_check(p, c, "component");
+}
+
+/* ---- [gateway NAME], [irc-network NAME], [bridge NAME] ---- */
+
+/* Appends a zeroed entry of size sz to *arr (count *n) after checking that name is new; the
+ * entry's first member is its name. Returns the entry, or NULL after failing (name freed). */
+static void *named_entry(struct parser *p, const char *what, char *name, void **arr, size_t *n,
+                         size_t sz, unsigned line)
+{
+    for (size_t i = 0; i < *n; i++) {
+        char *entry = (char *)*arr + i * sz;
+        if (strcmp(*(char **)entry, name) == 0) {
+            fail(p, line, "duplicate [%s %s]", what, name);
+            free(name);
+            return NULL;
+        }
+    }
+    *arr = xrealloc(*arr, (*n + 1) * sz);
+    char *entry = (char *)*arr + (*n)++ * sz;
+    memset(entry, 0, sz);
+    *(char **)entry = name;
+    return entry;
+}
+
+static void *gateway_open(struct parser *p, const char *arg, unsigned line)
+{
+    char msg[128];
+    char *name = host_name_prepare(arg, msg, sizeof msg);
+    if (!name) {
+        fail(p, line, "[gateway %s]: invalid domain name: %s", arg, msg);
+        return NULL;
+    }
+    struct config_gateway *g = named_entry(p, "gateway", name, (void **)&p->cfg->gateways,
+                                           &p->cfg->n_gateways, sizeof *g, line);
+    if (g)
+        g->line = line;
+    return g;
+}
+
+static int gateway_close(struct parser *p, void *base)
+{
+    struct config_gateway *g = base;
+    if (apply_defaults(p, "gateway", g) < 0)
+        return -1;
+    static const char *const types[] = {"irc", "sms", "mail", "purple"};
+    bool known = false;
+    for (size_t i = 0; i < ARRAY_LEN(types); i++)
+        known |= str_eq(g->type, types[i]);
+    if (!g->type)
+        return fail(p, g->line, "[gateway %s] needs a type (irc, sms, mail or purple)", g->name);
+    if (!known)
+        return fail(p, g->line, "[gateway %s] type: expected irc, sms, mail or purple, got '%s'",
+                    g->name, g->type);
+    if (!g->enabled)
+        return 0;
+    if (config_component_find(p->cfg, g->name))
+        return fail(p, g->line, "[gateway %s]: there is a [component %s] of the same name",
+                    g->name, g->name);
+    /* The server's side of the gateway is a component entry: supervised, unless the gateway runs
+     * elsewhere (server set) and connects with its secret. */
+    char *command = NULL;
+    if (g->command) {
+        command = xstrdup(g->command);
+    } else if (!g->n_server) {
+        char *real = realpath(p->name, NULL);
+        const char *conf = real ? real : p->name;
+        if (strchr(conf, '\'')) {
+            free(real);
+            return fail(p, g->line,
+                        "[gateway %s]: the config path may not contain a quote (set command)",
+                        g->name);
+        }
+        /* ISTHMUS_BINDIR is the server binary's directory, set by the server before it starts
+         * components: isthmus-<type> is built and installed next to isthmus. */
+        command = xasprintf("\"$ISTHMUS_BINDIR/isthmus-%s\" -c '%s' -n %s", g->type, conf,
+                            g->name);
+        free(real);
+    }
+    struct config *cfg = p->cfg;
+    cfg->components =
+        xrealloc(cfg->components, (cfg->n_components + 1) * sizeof *cfg->components);
+    struct config_component *c = &cfg->components[cfg->n_components++];
+    memset(c, 0, sizeof *c);
+    c->name = xstrdup(g->name);
+    c->line = g->line;
+    c->secret = xstrdup(g->secret);
+    c->roster = xstrdup(g->roster);
+    c->message = xstrdup(g->message);
+    c->command = command;
+    c->restart_delay = g->restart_delay;
+    return component_check(p, c, "gateway");
+}
+
+static void *irc_network_open(struct parser *p, const char *arg, unsigned line)
+{
+    char msg[128];
+    char *name = host_name_prepare(arg, msg, sizeof msg);
+    if (!name) {
+        fail(p, line, "[irc-network %s]: invalid server name: %s", arg, msg);
+        return NULL;
+    }
+    struct config_irc_network *n =
+        named_entry(p, "irc-network", name, (void **)&p->cfg->irc_networks,
+                    &p->cfg->n_irc_networks, sizeof *n, line);
+    if (n)
+        n->line = line;
+    return n;
+}
+
+static int irc_network_close(struct parser *p, void *base)
+{
+    struct config_irc_network *n = base;
+    if (apply_defaults(p, "irc-network", n) < 0)
+        return -1;
+    if (n->n_address > 1)
+        return fail(p, n->line, "[irc-network %s] address: one HOST:PORT expected", n->name);
+    if (!n->n_address) {
+        n->address = xcalloc(1, sizeof *n->address);
+        n->address[0].host = xstrdup(n->name);
+        n->address[0].port = n->tls ? 6697 : 6667;
+        n->n_address = 1;
+    }
+    return 0;
+}
+
+static void *bridge_open(struct parser *p, const char *arg, unsigned line)
+{
+    struct config_bridge *b = named_entry(p, "bridge", xstrdup(arg), (void **)&p->cfg->bridges,
+                                          &p->cfg->n_bridges, sizeof *b, line);
+    if (b)
+        b->line = line;
+    return b;
+}
+
+static int bridge_close(struct parser *p, void *base)
+{
+    struct config_bridge *b = base;
+    if (apply_defaults(p, "bridge", b) < 0)
+        return -1;
+    if (!b->irc || !b->muc)
+        return fail(p, b->line, "[bridge %s] needs irc (#channel%%server) and muc (room@service)",
+                    b->name);
+    /* #channel%server (biboumi's form) or #channel@server. */
+    const char *sep = strchr(b->irc, '%');
+    if (!sep)
+        sep = strrchr(b->irc, '@');
+    if (!sep || sep == b->irc + 1 || !sep[1] || !strchr("#&", b->irc[0]) || strchr(b->irc, ' ') ||
+        strchr(b->irc, ','))
+        return fail(p, b->line, "[bridge %s] irc: expected #channel%%server, got '%s'", b->name,
+                    b->irc);
+    b->channel = xstrndup(b->irc, (size_t)(sep - b->irc));
+    char msg[128];
+    b->network = host_name_prepare(sep + 1, msg, sizeof msg);
+    if (!b->network)
+        return fail(p, b->line, "[bridge %s] irc: bad server name '%s': %s", b->name, sep + 1,
+                    msg);
+    const char *at = strchr(b->muc, '@');
+    char *svc = at ? host_name_prepare(at + 1, msg, sizeof msg) : NULL;
+    if (!at || at == b->muc || !svc || strchr(b->muc, '/') || strchr(b->muc, ' ')) {
+        free(svc);
+        return fail(p, b->line, "[bridge %s] muc: expected room@service, got '%s'", b->name,
+                    b->muc);
+    }
+    char *room = xstrndup(b->muc, (size_t)(at - b->muc));
+    for (char *c = room; *c; c++)
+        if (*c >= 'A' && *c <= 'Z')
+            *c = (char)(*c - 'A' + 'a');
+    free(b->muc);
+    b->muc = xasprintf("%s@%s", room, svc);
+    free(room);
+    free(svc);
+    if (b->gateway) {
+        char *gw = host_name_prepare(b->gateway, msg, sizeof msg);
+        if (!gw)
+            return fail(p, b->line, "[bridge %s] gateway: bad domain '%s': %s", b->name,
+                        b->gateway, msg);
+        free(b->gateway);
+        b->gateway = gw;
+    }
+    return 0;
+}
+
+/* Rules across sections, checked once the whole file is read. */
+static int gateways_check(struct parser *p)
+{
+    struct config *cfg = p->cfg;
+    for (size_t i = 0; i < cfg->n_bridges; i++) {
+        struct config_bridge *b = &cfg->bridges[i];
+        const struct config_gateway *g = NULL;
+        size_t n_irc = 0;
+        for (size_t j = 0; j < cfg->n_gateways; j++) {
+            if (!str_eq(cfg->gateways[j].type, "irc"))
+                continue;
+            n_irc++;
+            if (!b->gateway || strcmp(b->gateway, cfg->gateways[j].name) == 0)
+                g = &cfg->gateways[j];
+        }
+        if (b->gateway && !g)
+            return fail(p, b->line, "[bridge %s] gateway: no [gateway %s] of type irc", b->name,
+                        b->gateway);
+        if (!b->gateway && n_irc != 1)
+            return fail(p, b->line, "[bridge %s] needs gateway = NAME (%s)", b->name,
+                        n_irc ? "there are several irc gateways" : "there is no irc gateway");
+        if (!b->gateway)
+            b->gateway = xstrdup(g->name);
+    }
     return 0;
 }
 
@@ -918,9 +1187,20 @@ static int key_value(struct parser *p, char *line, unsigned lineno)
 }
 
 /* Cuts the line at a ';' or '#' that starts it or follows a space or tab. */
+/* A '#' that begins a value is the value's (IRC channels: `irc = #xmpp%irc.libera.chat`); a ';'
+ * there still starts a comment. */
+static bool value_start(const char *line, const char *c)
+{
+    while (c > line && is_space(c[-1]))
+        c--;
+    return c > line && c[-1] == '=';
+}
+
 static void strip_comment(char *line)
 {
     for (char *c = line; *c; c++) {
+        if (*c == '#' && value_start(line, c))
+            continue;
         if ((*c == ';' || *c == '#') && (c == line || is_space(c[-1]))) {
             *c = '\0';
             return;
@@ -975,15 +1255,16 @@ static int parse_text(struct parser *p, const char *text, size_t len)
     for (size_t i = 0; i < ARRAY_LEN(sections); i++)
         if (!sections[i].named && apply_defaults(p, section_keys(&sections[i]), p->cfg) < 0)
             return -1;
-    if (p->cfg->n_hosts == 0)
+    if (p->cfg->n_hosts == 0 && !(p->flags & CONFIG_NO_HOST_OK))
         return fail(p, 0, "no [host] section");
-    return 0;
+    return gateways_check(p);
 }
 
 static int parse_buffer(const char *name, const char *text, size_t len, const char *base_dir,
-                        struct config *cfg, char *err, size_t errlen)
+                        unsigned flags, struct config *cfg, char *err, size_t errlen)
 {
     struct parser p = {
+        .flags = flags,
         .name = name ? name : "(config)",
         .base_dir = base_dir,
         .cfg = cfg,
@@ -1006,7 +1287,7 @@ static int parse_buffer(const char *name, const char *text, size_t len, const ch
 int config_parse(const char *name, const char *text, const char *base_dir, struct config *cfg,
                  char *err, size_t errlen)
 {
-    return parse_buffer(name, text, strlen(text), base_dir, cfg, err, errlen);
+    return parse_buffer(name, text, strlen(text), base_dir, 0, cfg, err, errlen);
 }
 
 /* The directory of path, absolute when it can be made so, so that resolved paths survive a
@@ -1055,6 +1336,12 @@ static int read_file(const char *path, struct buf *out)
 
 int config_load(const char *path, struct config *cfg, char *err, size_t errlen)
 {
+    return config_load_opts(path, 0, cfg, err, errlen);
+}
+
+int config_load_opts(const char *path, unsigned flags, struct config *cfg, char *err,
+                     size_t errlen)
+{
     struct buf text;
     buf_init(&text);
     memset(cfg, 0, sizeof *cfg);
@@ -1065,7 +1352,7 @@ int config_load(const char *path, struct config *cfg, char *err, size_t errlen)
         return -1;
     }
     char *dir = config_dir(path);
-    int rc = parse_buffer(path, text.data ? text.data : "", text.len, dir, cfg, err, errlen);
+    int rc = parse_buffer(path, text.data ? text.data : "", text.len, dir, flags, cfg, err, errlen);
     free(dir);
     buf_fini(&text);
     return rc;
@@ -1077,6 +1364,19 @@ static bool section_is_named(const char *name)
         if (strcmp(section_keys(&sections[i]), name) == 0)
             return sections[i].named;
     return false;
+}
+
+/* Frees an array of named-section entries: their directives and names. */
+static void free_named(void *arr, size_t n, size_t sz, const char *section)
+{
+    for (size_t e = 0; e < n; e++) {
+        char *entry = (char *)arr + e * sz;
+        for (size_t i = 0; i < N_DIRECTIVES; i++)
+            if (strcmp(directives[i].section, section) == 0)
+                directive_free(&directives[i], entry);
+        free(*(char **)entry);
+    }
+    free(arr);
 }
 
 void config_fini(struct config *cfg)
@@ -1098,6 +1398,13 @@ void config_fini(struct config *cfg)
         free(cfg->components[c].name);
     }
     free(cfg->components);
+    free_named(cfg->gateways, cfg->n_gateways, sizeof *cfg->gateways, "gateway");
+    free_named(cfg->irc_networks, cfg->n_irc_networks, sizeof *cfg->irc_networks, "irc-network");
+    for (size_t b = 0; b < cfg->n_bridges; b++) {
+        free(cfg->bridges[b].channel);
+        free(cfg->bridges[b].network);
+    }
+    free_named(cfg->bridges, cfg->n_bridges, sizeof *cfg->bridges, "bridge");
     free(cfg->path);
     memset(cfg, 0, sizeof *cfg);
 }
@@ -1109,6 +1416,23 @@ const struct config_host *config_host_find(const struct config *cfg, const char 
     for (size_t i = 0; i < cfg->n_hosts; i++)
         if (strcasecmp(cfg->hosts[i].name, domain) == 0)
             return &cfg->hosts[i];
+    return NULL;
+}
+
+const struct config_gateway *config_gateway_find(const struct config *cfg, const char *domain)
+{
+    for (size_t i = 0; domain && i < cfg->n_gateways; i++)
+        if (strcasecmp(cfg->gateways[i].name, domain) == 0)
+            return &cfg->gateways[i];
+    return NULL;
+}
+
+const struct config_irc_network *config_irc_network_find(const struct config *cfg,
+                                                         const char *name)
+{
+    for (size_t i = 0; name && i < cfg->n_irc_networks; i++)
+        if (strcasecmp(cfg->irc_networks[i].name, name) == 0)
+            return &cfg->irc_networks[i];
     return NULL;
 }
 

@@ -8,7 +8,8 @@
  *
  * Values are taken verbatim after trimming (no quoting). A `;` or `#` at the start of a line or
  * preceded by a space or tab starts a comment, also after a value (`listen = [::1]:5222 ; v6`), so
- * a value cannot contain " ;" or " #". Lines may end in CRLF; the file must be UTF-8 without NUL
+ * a value cannot contain " ;" or " #" (but a value may begin with '#': IRC channels). Lines may
+ * end in CRLF; the file must be UTF-8 without NUL
  * or control characters other than tab. Booleans: true/false, yes/no, on/off, 1/0. Sizes: bytes
  * with an optional K, M or G suffix (powers of 1024). Numbers are range-checked (the table in
  * config.c). Addresses: comma-separated HOST:PORT, IPv6 in brackets ([::1]:5222), port 1..65535;
@@ -51,7 +52,25 @@
  *             message (none | outgoing; XEP-0356), command (none: an external component; else
  *             the server runs it with /bin/sh -c and restarts it when it exits), restart_delay
  *             (1 s: the first restart delay, doubled per quick exit up to 60 s)
- * At least one [host] is required. */
+ *   [gateway NAME] (NAME = the gateway's component domain, e.g. irc.localhost) a gateway this
+ *             server runs and supervises as a component (and that the gateway binary reads its own
+ *             settings from): type (irc | sms | mail | purple; required), enabled (true),
+ *             command (default: isthmus-<type> next to the server binary, run with -c CONFIG
+ *             -n NAME), roster (both) and message (outgoing) XEP-0356 grants, restart_delay (1 s),
+ *             server (HOST:PORT of the XMPP server's component port, for a gateway run on its
+ *             own), secret (for a gateway run on its own), database (data_dir/NAME.db),
+ *             key_file (data_dir/NAME.key), admins (bare JIDs for the admin ad-hoc commands),
+ *             archive_days (30; per-user archive of gateway rooms, 0 = none).
+ *             IRC: irc_realname, irc_tls_verify (true), irc_flood_burst (5),
+ *             irc_flood_interval_ms (2000), irc_networks_only (false: any IRC server named in a
+ *             JID; true: only [irc-network] ones), irc_max_connections (0 = unlimited)
+ *   [irc-network NAME] (NAME = the IRC server name used in JIDs) address (NAME:6697),
+ *             tls (true), tls_verify (true), password (server PASS)
+ *   [bridge NAME] an IRC channel relayed into a MUC room: gateway (the irc gateway's domain;
+ *             may be left out when there is one), irc (#channel%server or #channel@server),
+ *             muc (room@service), nick (relaybot: the IRC-side relay bot and the MUC nick of the
+ *             bridge itself)
+ * At least one [host] is required, except in a gateway's own standalone config. */
 #ifndef ISTHMUS_CONFIG_H
 #define ISTHMUS_CONFIG_H
 
@@ -92,6 +111,53 @@ struct config_component {
     unsigned restart_delay;
     int roster_access;    /* CONFIG_ROSTER_* bits, from roster */
     bool message_outgoing; /* from message */
+    unsigned line;
+};
+
+struct config_gateway {
+    char *name;      /* the component's domain, lower-cased (first: section labels use it) */
+    char *type;      /* "irc" | "sms" | "mail" | "purple", checked */
+    bool enabled;
+    char *command;   /* NULL: isthmus-<type> next to the server binary */
+    char *secret;    /* standalone use */
+    char *roster;
+    char *message;
+    unsigned restart_delay;
+    struct config_addr *server; /* standalone use: the component port to connect to */
+    size_t n_server;
+    char *database;  /* NULL: data_dir/NAME.db */
+    char *key_file;  /* NULL: data_dir/NAME.key */
+    char **admins;
+    size_t n_admins;
+    unsigned archive_days;
+    /* irc */
+    char *irc_realname;
+    bool irc_tls_verify;
+    unsigned irc_flood_burst;
+    unsigned irc_flood_interval_ms;
+    bool irc_networks_only;
+    unsigned irc_max_connections;
+    unsigned line;
+};
+
+struct config_irc_network {
+    char *name;      /* as used in JIDs, lower-cased */
+    struct config_addr *address; /* at most one used */
+    size_t n_address;
+    bool tls;
+    bool tls_verify;
+    char *password;
+    unsigned line;
+};
+
+struct config_bridge {
+    char *name;
+    char *gateway;   /* NULL: the only irc gateway */
+    char *irc;       /* as written */
+    char *channel;   /* parsed from irc: "#chan" */
+    char *network;   /* parsed from irc: "server" */
+    char *muc;       /* room bare JID, normalised */
+    char *nick;
     unsigned line;
 };
 
@@ -168,11 +234,24 @@ struct config {
     size_t n_component_listen;
     struct config_component *components;
     size_t n_components;
+    /* [gateway NAME], [irc-network NAME], [bridge NAME], in file order. Each enabled gateway also
+     * has a [component NAME] entry in components (supervised unless it has a server). */
+    struct config_gateway *gateways;
+    size_t n_gateways;
+    struct config_irc_network *irc_networks;
+    size_t n_irc_networks;
+    struct config_bridge *bridges;
+    size_t n_bridges;
 };
+
+/* config_load_opts flags */
+#define CONFIG_NO_HOST_OK 1u /* a gateway's standalone config: no [host] needed */
 
 /* Loads and validates path. Returns 0, or -1 with a one-line message in err. *cfg is always
  * left in a state config_fini() accepts. */
 int config_load(const char *path, struct config *cfg, char *err, size_t errlen);
+int config_load_opts(const char *path, unsigned flags, struct config *cfg, char *err,
+                     size_t errlen);
 /* Same, from a string; `name` is used in messages and `base_dir` for relative paths. */
 int config_parse(const char *name, const char *text, const char *base_dir, struct config *cfg,
                  char *err, size_t errlen);
@@ -181,5 +260,8 @@ void config_fini(struct config *cfg);
 const struct config_host *config_host_find(const struct config *cfg, const char *domain);
 const struct config_component *config_component_find(const struct config *cfg,
                                                      const char *domain);
+const struct config_gateway *config_gateway_find(const struct config *cfg, const char *domain);
+const struct config_irc_network *config_irc_network_find(const struct config *cfg,
+                                                         const char *name);
 
 #endif

@@ -349,7 +349,7 @@ static void test_errors(void)
                  "t.conf:2: [server] listen: unknown key");
     expect_error("[server]\n\n[foo]\n[host a.example]\n", "t.conf:3: unknown section [foo]");
     expect_error("[Server]\n", "t.conf:1: unknown section [Server]");
-    expect_error("[gateway irc]\n", "t.conf:1: unknown section [gateway]");
+    expect_error("[gateway_x irc]\n", "t.conf:1: unknown section [gateway_x]");
     expect_error("[server]\nhide_version = maybe\n[host a.example]\n",
                  "t.conf:2: [server] hide_version: expected true/false, yes/no, on/off or 1/0, "
                  "got 'maybe'");
@@ -731,6 +731,89 @@ static void test_s2s(void)
                  "t.conf:2: [s2s] routes: port must be 1..65535, got '0'");
 }
 
+/* [gateway NAME], [irc-network NAME], [bridge NAME]: a gateway is also a supervised component. */
+static void test_gateways(void)
+{
+    struct config cfg;
+    CHECK(parse("[host a.example]\n"
+                "[gateway irc.a.example]\ntype = irc\nadmins = me@a.example, you@a.example\n"
+                "irc_flood_burst = 20\n"
+                "[irc-network irc.test]\ntls = false\n"
+                "[irc-network Secure.Example]\naddress = 10.0.0.1:7000\n"
+                "[bridge one]\nirc = #chan%irc.test\nmuc = Room@conference.a.example\n"
+                "[bridge two]\ngateway = irc.a.example\nirc = #x@irc.test\n"
+                "muc = r@conference.a.example\nnick = bot\n",
+                &cfg) == 0);
+    CHECK(cfg.n_gateways == 1);
+    const struct config_gateway *g = config_gateway_find(&cfg, "irc.a.example");
+    CHECK(g && g->enabled && g->irc_flood_burst == 20 && g->irc_tls_verify);
+    CHECK(g && g->n_admins == 2 && strcmp(g->admins[1], "you@a.example") == 0);
+    CHECK(g && g->archive_days == 30);
+    const struct config_component *c = config_component_find(&cfg, "irc.a.example");
+    CHECK(c && c->command && strstr(c->command, "isthmus-irc") &&
+          strstr(c->command, "-n irc.a.example"));
+    CHECK(c && c->roster_access == (CONFIG_ROSTER_GET | CONFIG_ROSTER_SET) && c->message_outgoing);
+    const struct config_irc_network *n = config_irc_network_find(&cfg, "irc.test");
+    CHECK(n && !n->tls && n->n_address == 1 && n->address[0].port == 6667 &&
+          strcmp(n->address[0].host, "irc.test") == 0);
+    n = config_irc_network_find(&cfg, "secure.example");
+    CHECK(n && n->tls && n->address[0].port == 7000);
+    CHECK(cfg.n_bridges == 2);
+    CHECK_STR(cfg.bridges[0].channel, "#chan");
+    CHECK_STR(cfg.bridges[0].network, "irc.test");
+    CHECK_STR(cfg.bridges[0].muc, "room@conference.a.example");
+    CHECK_STR(cfg.bridges[0].gateway, "irc.a.example");
+    CHECK_STR(cfg.bridges[0].nick, "relaybot");
+    CHECK_STR(cfg.bridges[1].channel, "#x");
+    CHECK_STR(cfg.bridges[1].nick, "bot");
+    config_fini(&cfg);
+
+    /* Disabled: no component; standalone (server set): needs its secret, not supervised. */
+    CHECK(parse("[host a.example]\n[gateway sms.a.example]\ntype = sms\nenabled = false\n"
+                "[gateway mail.a.example]\ntype = mail\nserver = 127.0.0.1:5347\nsecret = s\n",
+                &cfg) == 0);
+    CHECK(!config_component_find(&cfg, "sms.a.example"));
+    c = config_component_find(&cfg, "mail.a.example");
+    CHECK(c && !c->command && str_eq(c->secret, "s"));
+    config_fini(&cfg);
+
+    expect_error("[host a.example]\n[gateway g.a.example]\n",
+                 "t.conf:2: [gateway g.a.example] needs a type (irc, sms, mail or purple)");
+    expect_error("[host a.example]\n[gateway g.a.example]\ntype = icq\n",
+                 "t.conf:2: [gateway g.a.example] type: expected irc, sms, mail or purple, got "
+                 "'icq'");
+    expect_error("[host a.example]\n[gateway g.a.example]\ntype = irc\nroster = all\n",
+                 "t.conf:2: [gateway g.a.example] roster: expected none, get, set or both, got "
+                 "'all'");
+    expect_error("[host a.example]\n[gateway g.a.example]\ntype = irc\nserver = 127.0.0.1:1\n",
+                 "t.conf:2: [gateway g.a.example] needs a secret (or a command, which gets a "
+                 "generated one)");
+    expect_error("[host a.example]\n[component g.a.example]\nsecret = x\n"
+                 "[gateway g.a.example]\ntype = irc\n",
+                 "t.conf:4: [gateway g.a.example]: there is a [component g.a.example] of the "
+                 "same name");
+    expect_error("[host a.example]\n[gateway g.a.example]\ntype = irc\n[gateway g.a.example]\n",
+                 "t.conf:4: duplicate [gateway g.a.example]");
+    expect_error("[host a.example]\n[gateway g.a.example]\ntype = irc\nbogus = 1\n",
+                 "t.conf:4: [gateway g.a.example] bogus: unknown key");
+    expect_error("[host a.example]\n[bridge b]\nirc = #c%irc.test\nmuc = r@c.a.example\n",
+                 "t.conf:2: [bridge b] needs gateway = NAME (there is no irc gateway)");
+    expect_error("[host a.example]\n[gateway g.a.example]\ntype = irc\n"
+                 "[bridge b]\nirc = chan%irc.test\nmuc = r@c.a.example\n",
+                 "t.conf:4: [bridge b] irc: expected #channel%server, got 'chan%irc.test'");
+    expect_error("[host a.example]\n[gateway g.a.example]\ntype = irc\n"
+                 "[bridge b]\nirc = #c%irc.test\nmuc = room\n",
+                 "t.conf:4: [bridge b] muc: expected room@service, got 'room'");
+    expect_error("[host a.example]\n[gateway g.a.example]\ntype = irc\n"
+                 "[bridge b]\nirc = #c%irc.test\n",
+                 "t.conf:4: [bridge b] needs irc (#channel%server) and muc (room@service)");
+    expect_error("[host a.example]\n[gateway g.a.example]\ntype = irc\n"
+                 "[bridge b]\ngateway = other.a.example\nirc = #c%irc.test\nmuc = r@c.a.example\n",
+                 "t.conf:4: [bridge b] gateway: no [gateway other.a.example] of type irc");
+    expect_error("[host a.example]\n[irc-network x]\naddress = 1.2.3.4:1, 1.2.3.4:2\n",
+                 "t.conf:2: [irc-network x] address: one HOST:PORT expected");
+}
+
 int main(void)
 {
     TEST_RUN(test_full_file);
@@ -746,5 +829,6 @@ int main(void)
     TEST_RUN(test_load);
     TEST_RUN(test_robustness);
     TEST_RUN(test_s2s);
+    TEST_RUN(test_gateways);
     return TEST_DONE();
 }
