@@ -1,10 +1,12 @@
-/* isthmusctl — administration: accounts. Passwords are read from standard input (a prompt
- * without echo on a terminal), never from the command line. */
+/* isthmusctl — administration: accounts, and the gateways the server runs. Passwords are read
+ * from standard input (a prompt without echo on a terminal), never from the command line. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -24,7 +26,11 @@ static void usage(FILE *out)
             "       isthmusctl [-c FILE] user passwd JID    (password from stdin)\n"
             "       isthmusctl [-c FILE] user del JID\n"
             "       isthmusctl [-c FILE] user list [HOST]\n"
-            "       isthmusctl [-c FILE] user import        (lines 'JID PASSWORD' on stdin)\n");
+            "       isthmusctl [-c FILE] user import        (lines 'JID PASSWORD' on stdin)\n"
+            "       isthmusctl [-c FILE] gateway NAME users\n"
+            "       isthmusctl [-c FILE] gateway NAME info JID\n"
+            "       isthmusctl [-c FILE] gateway NAME disconnect JID\n"
+            "       isthmusctl [-c FILE] gateway NAME unregister JID\n");
 }
 
 static char *read_line(FILE *in)
@@ -196,6 +202,49 @@ static int cmd_import(void)
     return failed ? 1 : 0;
 }
 
+/* Asks the running gateway NAME over its control socket (data_dir/NAME.ctl): one line out, the
+ * answer back until it closes. The gateway does the work, so XMPP-side effects (roster cleanup
+ * on unregister, IRC QUIT on disconnect) happen as from its admin ad-hoc commands. */
+static int cmd_gateway(const char *name, const char *cmd, const char *arg)
+{
+    char *domain = jid_prep_domain(name);
+    if (!domain || !config_gateway_find(&cfg, domain)) {
+        fprintf(stderr, "isthmusctl: %s: no [gateway %s]\n", cfg.path, name);
+        free(domain);
+        return 1;
+    }
+    char *path = xasprintf("%s/%s.ctl", cfg.data_dir, domain);
+    free(domain);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int rc = 1;
+    if (strlen(path) >= sizeof sa.sun_path || fd < 0) {
+        fprintf(stderr, "isthmusctl: %s: cannot use this socket path\n", path);
+        goto out;
+    }
+    strcpy(sa.sun_path, path);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        fprintf(stderr, "isthmusctl: %s: %s (is the gateway running?)\n", path, strerror(errno));
+        goto out;
+    }
+    dprintf(fd, "%s%s%s\n", cmd, arg ? " " : "", arg ? arg : "");
+    char buf[4096];
+    ssize_t n;
+    bool error = false, first = true;
+    while ((n = read(fd, buf, sizeof buf)) > 0) {
+        if (first && n >= 6 && memcmp(buf, "error:", 6) == 0)
+            error = true;
+        first = false;
+        fwrite(buf, 1, (size_t)n, error ? stderr : stdout);
+    }
+    rc = error ? 1 : 0;
+out:
+    if (fd >= 0)
+        close(fd);
+    free(path);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     const char *conf = "conf/isthmus.conf";
@@ -208,7 +257,8 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    if (argc - i < 2 || strcmp(argv[i], "user") != 0) {
+    bool gateway = argc - i >= 3 && strcmp(argv[i], "gateway") == 0;
+    if (!gateway && (argc - i < 2 || strcmp(argv[i], "user") != 0)) {
         usage(stderr);
         return 2;
     }
@@ -218,6 +268,12 @@ int main(int argc, char **argv)
     if (config_load(conf, &cfg, err, sizeof err) < 0) {
         fprintf(stderr, "isthmusctl: %s\n", err);
         return 1;
+    }
+    if (gateway) {
+        int grc = cmd_gateway(argv[i + 1], argv[i + 2], argc - i > 3 ? argv[i + 3] : NULL);
+        config_fini(&cfg);
+        jid_cache_clear();
+        return grc;
     }
     log_open(NULL, LOG_WARN);
     mkdir(cfg.data_dir, 0700);
