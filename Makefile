@@ -21,6 +21,16 @@ endif
 CORE_SRC := $(filter-out src/main.c src/ctl.c,$(wildcard src/*.c))
 CORE_OBJ := $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
 LIB := $(BUILD)/libisthmus.a
+# Gateways: the framework (transports/common) and one directory per gateway; each gateway's
+# main.c makes build/isthmus-<net>, its other files a library the unit tests link too.
+GW_SRC := $(wildcard transports/common/*.c)
+GW_OBJ := $(GW_SRC:transports/%.c=$(BUILD)/obj/transports/%.o)
+GWLIB := $(BUILD)/libgw.a
+IRC_SRC := $(filter-out transports/irc/main.c,$(wildcard transports/irc/*.c))
+IRC_OBJ := $(IRC_SRC:transports/%.c=$(BUILD)/obj/transports/%.o)
+IRCLIB := $(BUILD)/libircgw.a
+GATEWAYS := $(BUILD)/isthmus-irc
+TRANSPORT_INC := -Itransports/common -Itransports/irc
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
@@ -32,7 +42,7 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 FLAGS_STAMP := $(BUILD)/.flags-$(shell echo '$(CC) $(CFLAGS) $(LDFLAGS)' | md5sum | cut -c1-12)
 
 .PHONY: all clean test unit e2e fuzz fuzz-run bench format run check-config deps test-deps
-all: $(BUILD)/isthmus $(BUILD)/isthmusctl $(UNIT_BIN)
+all: $(BUILD)/isthmus $(BUILD)/isthmusctl $(GATEWAYS) $(UNIT_BIN)
 
 # Installs missing Debian packages (as root; otherwise prints the apt-get line).
 deps:
@@ -53,15 +63,31 @@ $(LIB): $(CORE_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
+$(BUILD)/obj/transports/%.o: transports/%.c $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(TRANSPORT_INC) -c -o $@ $<
+
+$(GWLIB): $(GW_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(IRCLIB): $(IRC_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/isthmus-irc: $(BUILD)/obj/transports/irc/main.o $(IRCLIB) $(GWLIB) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BUILD)/isthmus: $(BUILD)/obj/main.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/isthmusctl: $(BUILD)/obj/ctl.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c $(LIB) $(FLAGS_STAMP)
+$(BUILD)/tests/%: tests/unit/%.c $(IRCLIB) $(GWLIB) $(LIB) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -Itests/unit $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -Itests/unit $(TRANSPORT_INC) $(LDFLAGS) -o $@ $< \
+	  $(IRCLIB) $(GWLIB) $(LIB) $(LDLIBS)
 
 # Benchmark tools are standalone clients: they do not link the server's code.
 $(BUILD)/bench/%: bench/%.c $(FLAGS_STAMP)
@@ -97,9 +123,9 @@ FUZZ_SECONDS ?= 30
 fuzz-run: $(FUZZ_BIN)
 	@for f in $(FUZZ_BIN); do echo "fuzzing $$f for $(FUZZ_SECONDS)s"; \
 	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -print_final_stats=0 2>&1 | tail -2 || exit 1; done
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(GW_SRC) $(IRC_SRC)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(CORE_SRC) $(LDLIBS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(TRANSPORT_INC) -o $@ $< $(CORE_SRC) $(GW_SRC) $(IRC_SRC) $(LDLIBS)
 
 bench: $(BENCH_BIN) $(BUILD)/isthmus $(BUILD)/isthmusctl
 
@@ -111,9 +137,11 @@ check-config: $(BUILD)/isthmus
 	$(BUILD)/isthmus -t -c conf/isthmus.conf
 
 format:
-	clang-format -i src/*.c include/isthmus/*.h tests/unit/*.c tests/fuzz/*.c $(BENCH_SRC)
+	clang-format -i src/*.c include/isthmus/*.h transports/*/*.[ch] tests/unit/*.c tests/fuzz/*.c \
+	  $(BENCH_SRC)
 
 clean:
 	rm -rf $(BUILD)
 
--include $(CORE_OBJ:.o=.d) $(BUILD)/obj/main.d $(BUILD)/obj/ctl.d
+-include $(CORE_OBJ:.o=.d) $(GW_OBJ:.o=.d) $(IRC_OBJ:.o=.d) $(BUILD)/obj/main.d $(BUILD)/obj/ctl.d \
+  $(BUILD)/obj/transports/irc/main.d
