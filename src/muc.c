@@ -325,6 +325,11 @@ static struct stanza *presence_for(const struct muc_room *r, const struct muc_oc
         p = stanza_new("presence", NS_CLIENT);
         if (unavailable)
             stanza_set_attr(p, "type", "unavailable");
+        /* §7.14: a leaving occupant's <status/> goes to everyone. */
+        struct stanza *status = o->leaving && o->presence
+                                    ? stanza_child(o->presence, "status", NS_CLIENT) : NULL;
+        if (status)
+            stanza_append(p, stanza_copy(status));
     }
     char *from = occupant_jid(r, o->nick);
     stanza_set_attr(p, "from", from);
@@ -666,7 +671,10 @@ static void room_presence(struct muc_room *r, struct stanza *p, const struct jid
     }
     if (str_eq(type, "unavailable")) {
         if (o) {
-            /* §7.14: everyone, the leaver included, hears that it left. */
+            /* §7.14: everyone, the leaver included, hears that it left, with its status text. */
+            stanza_free(o->presence);
+            o->presence = stored_presence(p);
+            o->leaving = true;
             muc_occupant_remove(r, o, no_codes, NULL, NULL);
         }
         return;

@@ -50,6 +50,7 @@ struct muc_occupant {
     char *bare; /* its bare form */
     enum muc_role role;
     struct stanza *presence; /* last available presence as received (children kept) */
+    bool leaving;            /* presence is the unavailable one it left with */
     struct muc_occupant *next;
 };
 
