@@ -22,15 +22,27 @@ CORE_SRC := $(filter-out src/main.c src/ctl.c,$(wildcard src/*.c))
 CORE_OBJ := $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
 LIB := $(BUILD)/libisthmus.a
 # Gateways: the framework (transports/common) and one directory per gateway; each gateway's
-# main.c makes build/isthmus-<net>, its other files a library the unit tests link too.
+# main.c makes build/isthmus-<net>, its other files build/lib<net>gw.a, which the unit tests link
+# too. Each gateway's own libraries come from pkg-config, used for that directory only.
 GW_SRC := $(wildcard transports/common/*.c)
 GW_OBJ := $(GW_SRC:transports/%.c=$(BUILD)/obj/transports/%.o)
 GWLIB := $(BUILD)/libgw.a
-IRC_SRC := $(filter-out transports/irc/main.c,$(wildcard transports/irc/*.c))
-IRC_OBJ := $(IRC_SRC:transports/%.c=$(BUILD)/obj/transports/%.o)
-IRCLIB := $(BUILD)/libircgw.a
-GATEWAYS := $(BUILD)/isthmus-irc
-TRANSPORT_INC := -Itransports/common -Itransports/irc
+GW_NETS := irc sms mail purple
+irc_PKGS :=
+sms_PKGS := libcurl libmicrohttpd
+mail_PKGS := libcurl gmime-3.0
+purple_PKGS := purple glib-2.0
+pkg_cflags = $(if $($(1)_PKGS),$(shell pkg-config --cflags $($(1)_PKGS)))
+pkg_libs = $(if $($(1)_PKGS),$(shell pkg-config --libs $($(1)_PKGS)))
+net_src = $(filter-out transports/$(1)/main.c,$(wildcard transports/$(1)/*.c))
+net_obj = $(patsubst transports/%.c,$(BUILD)/obj/transports/%.o,$(call net_src,$(1)))
+# Only directories that have a main.c are built (a gateway in progress does not break make).
+NETS_BUILT := $(foreach n,$(GW_NETS),$(if $(wildcard transports/$(n)/main.c),$(n)))
+GATEWAYS := $(NETS_BUILT:%=$(BUILD)/isthmus-%)
+NET_LIBS := $(foreach n,$(NETS_BUILT),$(if $(call net_src,$(n)),$(BUILD)/lib$(n)gw.a))
+NET_PKG_LIBS := $(foreach n,$(NETS_BUILT),$(call pkg_libs,$(n)))
+TRANSPORT_INC := -Itransports/common $(NETS_BUILT:%=-Itransports/%)
+IRC_SRC := $(call net_src,irc)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
@@ -65,18 +77,21 @@ $(LIB): $(CORE_OBJ)
 
 $(BUILD)/obj/transports/%.o: transports/%.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(TRANSPORT_INC) -c -o $@ $<
+	$(CC) $(CFLAGS) $(TRANSPORT_INC) $(call pkg_cflags,$(firstword $(subst /, ,$*))) -c -o $@ $<
 
 $(GWLIB): $(GW_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-$(IRCLIB): $(IRC_OBJ)
-	rm -f $@
-	ar rcs $@ $^
+define gateway_rules
+$(BUILD)/lib$(1)gw.a: $(call net_obj,$(1))
+	rm -f $$@
+	ar rcs $$@ $$^
 
-$(BUILD)/isthmus-irc: $(BUILD)/obj/transports/irc/main.o $(IRCLIB) $(GWLIB) $(LIB)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/isthmus-$(1): $(BUILD)/obj/transports/$(1)/main.o $(if $(call net_src,$(1)),$(BUILD)/lib$(1)gw.a) $(GWLIB) $(LIB)
+	$(CC) $(LDFLAGS) -o $$@ $$^ $(call pkg_libs,$(1)) $(LDLIBS)
+endef
+$(foreach n,$(NETS_BUILT),$(eval $(call gateway_rules,$(n))))
 
 $(BUILD)/isthmus: $(BUILD)/obj/main.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -84,10 +99,11 @@ $(BUILD)/isthmus: $(BUILD)/obj/main.o $(LIB)
 $(BUILD)/isthmusctl: $(BUILD)/obj/ctl.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c $(IRCLIB) $(GWLIB) $(LIB) $(FLAGS_STAMP)
+$(BUILD)/tests/%: tests/unit/%.c $(NET_LIBS) $(GWLIB) $(LIB) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -Itests/unit $(TRANSPORT_INC) $(LDFLAGS) -o $@ $< \
-	  $(IRCLIB) $(GWLIB) $(LIB) $(LDLIBS)
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -Itests/unit $(TRANSPORT_INC) \
+	  $(foreach n,$(NETS_BUILT),$(call pkg_cflags,$(n))) $(LDFLAGS) -o $@ $< \
+	  $(NET_LIBS) $(GWLIB) $(LIB) $(NET_PKG_LIBS) $(LDLIBS)
 
 # Benchmark tools are standalone clients: they do not link the server's code.
 $(BUILD)/bench/%: bench/%.c $(FLAGS_STAMP)
@@ -143,5 +159,5 @@ format:
 clean:
 	rm -rf $(BUILD)
 
--include $(CORE_OBJ:.o=.d) $(GW_OBJ:.o=.d) $(IRC_OBJ:.o=.d) $(BUILD)/obj/main.d $(BUILD)/obj/ctl.d \
-  $(BUILD)/obj/transports/irc/main.d
+-include $(CORE_OBJ:.o=.d) $(GW_OBJ:.o=.d) $(BUILD)/obj/main.d $(BUILD)/obj/ctl.d \
+  $(foreach n,$(NETS_BUILT),$(patsubst %.o,%.d,$(call net_obj,$(n))) $(BUILD)/obj/transports/$(n)/main.d)

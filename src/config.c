@@ -157,6 +157,26 @@ static const struct directive directives[] = {
      0},
     {"gateway", "irc_networks_only", T_BOOL, GW(irc_networks_only), 0, "false", 0, 0, 0},
     {"gateway", "irc_max_connections", T_UINT, GW(irc_max_connections), 0, "0", 0, 10000000, 0},
+    {"gateway", "sms_provider", T_STRING, GW(sms_provider), 0, "kannel", 0, 0, 0},
+    {"gateway", "sms_url", T_STRING, GW(sms_url), 0, NULL, 0, 0, 0},
+    {"gateway", "sms_username", T_STRING, GW(sms_username), 0, NULL, 0, 0, 0},
+    {"gateway", "sms_password", T_STRING, GW(sms_password), 0, NULL, 0, 0, 0},
+    {"gateway", "sms_from", T_STRING, GW(sms_from), 0, NULL, 0, 0, 0},
+    {"gateway", "sms_listen", T_ADDR_LIST, GW(sms_listen), GW(n_sms_listen), "", 0, 0, 0},
+    {"gateway", "sms_public_url", T_STRING, GW(sms_public_url), 0, NULL, 0, 0, 0},
+    {"gateway", "sms_secret", T_STRING, GW(sms_secret), 0, NULL, 0, 0, 0},
+    {"gateway", "sms_default_country", T_STRING, GW(sms_default_country), 0, "1", 0, 0, 0},
+    {"gateway", "sms_max_parts", T_UINT, GW(sms_max_parts), 0, "6", 1, 255, 0},
+    {"gateway", "sms_verify", T_BOOL, GW(sms_verify), 0, "true", 0, 0, 0},
+    {"gateway", "mail_allow_plaintext", T_BOOL, GW(mail_allow_plaintext), 0, "false", 0, 0, 0},
+    {"gateway", "mail_poll_interval", T_UINT, GW(mail_poll_interval), 0, "60", 1, 86400, 0},
+    {"gateway", "mail_default_subject", T_STRING, GW(mail_default_subject), 0, NULL, 0, 0, 0},
+    {"gateway", "mail_workers", T_UINT, GW(mail_workers), 0, "4", 1, 64, 0},
+    {"gateway", "mail_max_size", T_SIZE, GW(mail_max_size), 0, "10M", 1 * KIB, GIB, 0},
+    {"gateway", "purple_accounts_per_backend", T_UINT, GW(purple_accounts_per_backend), 0, "50", 1,
+     10000, 0},
+    {"gateway", "purple_protocols", T_STRING_LIST, GW(purple_protocols), GW(n_purple_protocols), "",
+     0, 0, 0},
 
     {"irc-network", "address", T_ADDR_LIST, IRCNET(address), IRCNET(n_address), NULL, 0, 0, 0},
     {"irc-network", "tls", T_BOOL, IRCNET(tls), 0, "true", 0, 0, 0},
@@ -925,6 +945,10 @@ static int gateway_close(struct parser *p, void *base)
     if (!known)
         return fail(p, g->line, "[gateway %s] type: expected irc, sms, mail or purple, got '%s'",
                     g->name, g->type);
+    if (strcmp(g->type, "sms") == 0 && !str_eq(g->sms_provider, "kannel") &&
+        !str_eq(g->sms_provider, "twilio"))
+        return fail(p, g->line, "[gateway %s] sms_provider: expected kannel or twilio, got '%s'",
+                    g->name, g->sms_provider);
     if (!g->enabled)
         return 0;
     if (config_component_find(p->cfg, g->name))

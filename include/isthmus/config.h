@@ -63,7 +63,14 @@
  *             archive_days (30; per-user archive of gateway rooms, 0 = none).
  *             IRC: irc_realname, irc_tls_verify (true), irc_flood_burst (5),
  *             irc_flood_interval_ms (2000), irc_networks_only (false: any IRC server named in a
- *             JID; true: only [irc-network] ones), irc_max_connections (0 = unlimited)
+ *             JID; true: only [irc-network] ones), irc_max_connections (0 = unlimited).
+ *             SMS: sms_provider (kannel | twilio), sms_url, sms_username, sms_password,
+ *             sms_from, sms_listen (HOST:PORT of the HTTP listener for inbound SMS and reports),
+ *             sms_public_url, sms_secret (webhook secret), sms_default_country (1),
+ *             sms_max_parts (6), sms_verify (true).
+ *             Mail: mail_allow_plaintext (false), mail_poll_interval (60 s),
+ *             mail_default_subject, mail_workers (4), mail_max_size (10M).
+ *             libpurple: purple_accounts_per_backend (50), purple_protocols (empty = all)
  *   [irc-network NAME] (NAME = the IRC server name used in JIDs) address (NAME:6697),
  *             tls (true), tls_verify (true), password (server PASS)
  *   [bridge NAME] an IRC channel relayed into a MUC room: gateway (the irc gateway's domain;
@@ -137,6 +144,29 @@ struct config_gateway {
     unsigned irc_flood_interval_ms;
     bool irc_networks_only;
     unsigned irc_max_connections;
+    /* sms */
+    char *sms_provider;     /* "kannel" | "twilio", checked for type sms */
+    char *sms_url;          /* Kannel sendsms URL, or the Twilio-style Messages endpoint */
+    char *sms_username;     /* Kannel user / Twilio account SID */
+    char *sms_password;     /* Kannel password / Twilio auth token */
+    char *sms_from;         /* sender when a user's number cannot be used (verification codes) */
+    struct config_addr *sms_listen; /* the HTTP listener for inbound SMS and delivery reports */
+    size_t n_sms_listen;
+    char *sms_public_url;   /* how the provider reaches the listener (DLR / status callbacks) */
+    char *sms_secret;       /* webhook shared secret */
+    char *sms_default_country; /* calling code for local numbers, e.g. "1" */
+    unsigned sms_max_parts; /* concatenated SMS parts per message */
+    bool sms_verify;        /* a code sent by SMS confirms a registered number */
+    /* mail */
+    bool mail_allow_plaintext;  /* allow IMAP/SMTP servers without TLS */
+    unsigned mail_poll_interval; /* seconds between IMAP polls per user */
+    char *mail_default_subject;
+    unsigned mail_workers;       /* transfer threads */
+    size_t mail_max_size;        /* largest mail fetched */
+    /* purple */
+    unsigned purple_accounts_per_backend;
+    char **purple_protocols;     /* empty: every installed protocol plugin */
+    size_t n_purple_protocols;
     unsigned line;
 };
 
