@@ -728,13 +728,6 @@ def gateway_ready(x=None, domain=GW, timeout=60):
             _opened.remove(x)
 
 
-def server_log_excerpt(n=60, grep=None):
-    lines = srv.log().splitlines()
-    if grep:
-        lines = [l for l in lines if grep in l]
-    return '\n'.join(lines[-n:])
-
-
 # --------------------------------------------------------------------------- module setup
 
 
@@ -764,7 +757,20 @@ def setup_module():
     srv = h.Server(server_config(h.free_port(), ngircd.port, fake_irc.port, h.free_port()))
     srv.start()
     srv.add_user(ADMIN, ADMIN_PW)
-    gateway_ready()
+    gateway_ready(timeout=35)  # run.py gives setup_module 60 s in all
+
+
+def _gateway_pids(log):
+    return [int(l.split('started process ', 1)[1].split(':', 1)[0])
+            for l in log.splitlines() if '[comp:%s] started process ' % GW in l]
+
+
+def _pid_alive(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(') ', 1)[1][0] != 'Z'
+    except (OSError, IndexError):
+        return False
 
 
 def teardown_module():
@@ -772,7 +778,10 @@ def teardown_module():
         if fake_irc:
             fake_irc.close()
         if srv:
+            pids = _gateway_pids(srv.log())
             srv.stop()  # checks the log (the gateway's output is in it) for sanitizer reports
+            h.wait_until(lambda: not any(_pid_alive(p) for p in pids), 10,
+                         'the supervised gateway (pids %s) to stop with the server' % pids)
     finally:
         if ngircd:
             ngircd.stop()
@@ -1161,6 +1170,7 @@ def test_two_resources_share_one_connection():
     b = XUser(bare_, pw)
     nick = uniq('xt')
     join(a, room, nick)
+    ircu.wait(lambda e: e.type == 'join' and e.source.nick == nick, 'the JOIN of %s' % nick)
     m = ircu.mark()
     join(b, room, nick)
     ircu.say(chan, 'to both')
@@ -1170,8 +1180,9 @@ def test_two_resources_share_one_connection():
     ircu.wait_msg(chan, nick, lambda t: t == 'from a', 'the line of resource a')
     b.wait(lambda e: is_groupchat(e, '%s/%s' % (room, nick), 'from a'),
            'the reflection on the other resource')
-    joins = [e for e in ircu.events_since(m) if e.type == 'join' and e.source.nick != ircu.nick]
-    check(not joins, 'the second resource must not JOIN again: %s' % joins)
+    joins = ['%s %s' % (e.source, e.target) for e in ircu.events_since(m)
+             if e.type in ('join', 'part', 'quit') and e.source.nick != ircu.nick]
+    check(not joins, 'the second resource must not JOIN (or PART) again: %s' % joins)
 
 
 test_two_resources_share_one_connection.timeout = 120
@@ -1278,11 +1289,24 @@ def test_modes_subject_raw_commands_and_quit():
                'the QUIT as unavailable', since=m)
     check('gone fishing' in (q.findtext(C + 'status') or ''),
           'the quit message should be the <status/>: %s' % dump(q))
-    # Our stream closing (last resource gone) → QUIT on IRC.
+    # Our stream closing (last resource gone): the server sends unavailable to the room (PART)
+    # and to the gateway (QUIT): the channel sees us leave, and the IRC connection goes.
     m = ircu.mark()
     x.close()
-    ircu.wait(lambda e: e.type == 'quit' and e.source.nick == xnick,
-              'the QUIT of %s after the stream closed' % xnick, since=m)
+    ircu.wait(lambda e: e.type in ('quit', 'part') and e.source.nick == xnick,
+              'the PART or QUIT of %s after the stream closed' % xnick, since=m)
+
+    def gone():
+        mw = ircu.mark()
+        ircu.conn.whois([xnick])
+        e = ircu.wait(lambda e: e.type in ('nosuchnick', 'whoisuser', 'endofwhois')
+                      and xnick in e.arguments[:1], 'the WHOIS answer', since=mw)
+        if e.type == 'nosuchnick':
+            return True
+        ircu.wait(lambda e: e.type == 'endofwhois', 'the end of WHOIS', since=mw)
+        time.sleep(0.3)  # poll interval, not a synchronisation
+        return False
+    h.wait_until(gone, T, 'the IRC connection of %s to be closed (QUIT)' % xnick)
 
 
 test_modes_subject_raw_commands_and_quit.timeout = 120
@@ -1380,6 +1404,7 @@ def test_bridge_relays_both_ways_with_puppets():
     pup = x.wait(puppet_pred(ircu.nick), 'a puppet occupant for %s' % ircu.nick)
     puppet = pup.get('from')
     # IRC → MUC from the puppet
+    m0 = ircu.mark()
     ircu.say(BRIDGE_CHAN, 'hello bridge from irc')
     x.wait(lambda e: is_groupchat(e, puppet, 'hello bridge from irc'),
            'the IRC line from the puppet %s' % puppet)
@@ -1392,8 +1417,9 @@ def test_bridge_relays_both_ways_with_puppets():
                          'the MUC line relayed by %s' % RELAYBOT, since=m)
     check(xnick in line.arguments[0], 'the relayed line should name %s: %r'
           % (xnick, line.arguments[0]))
-    # No echo: the IRC line did not come back to IRC (it would precede the line above).
-    echoes = [e for e in ircu.events_since(m) if e.type == 'pubmsg'
+    # No echo: the IRC line did not come back to IRC (the bridge would have sent it before the
+    # line above: the MUC broadcasts in order and the component stream is FIFO).
+    echoes = [e for e in ircu.events_since(m0) if e.type == 'pubmsg'
               and 'hello bridge from irc' in e.arguments[0]]
     check(not echoes, 'the IRC line must not be echoed back to IRC: %s' % echoes)
     # No echo into the MUC: our line once, then a later IRC line, and nothing else in between.
