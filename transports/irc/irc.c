@@ -51,7 +51,7 @@ struct irc_conn {
 
     /* connecting */
     struct resolver_query *rq;
-    struct sockaddr_storage addrs[RESOLVER_MAX_ADDRS];
+    struct sockaddr_storage *addrs; /* while connecting only (~128 bytes each) */
     size_t naddrs, next_addr;
     struct ev_timer *connect_timer;
     struct conn *conn;
@@ -67,7 +67,7 @@ struct irc_conn {
     bool registered;
 
     /* server features (005) */
-    struct irc_kv isupport[IRC_MAX_ISUPPORT];
+    struct irc_kv *isupport; /* grown as 005 lines come, at most IRC_MAX_ISUPPORT */
     size_t nisupport;
     enum irc_casemap casemap;
     char chantypes[16];
@@ -592,6 +592,7 @@ static void isupport_set(struct irc_conn *c, const char *token)
         if (i < c->nisupport) {
             free(c->isupport[i].value);
         } else {
+            c->isupport = xrealloc(c->isupport, (c->nisupport + 1) * sizeof *c->isupport);
             c->isupport[i].key = xstrdup(key);
             c->nisupport++;
         }
@@ -671,6 +672,8 @@ static void free_conn(struct irc_conn *c)
         free(c->isupport[i].key);
         free(c->isupport[i].value);
     }
+    free(c->isupport);
+    free(c->addrs);
     char **strs[] = {&c->tag,         &c->host,           &c->nick_opt,      &c->username,
                      &c->realname,    &c->password,       &c->sasl_mech,     &c->sasl_user,
                      &c->sasl_pass,   &c->client_cert,    &c->nickserv_pass, &c->nick,
@@ -1172,6 +1175,10 @@ static void retry_nick(struct irc_conn *c)
 static void on_welcome(struct irc_conn *c, const struct irc_msg *m)
 {
     c->registered = true;
+    /* Connected for good: the other addresses are not needed any more. */
+    free(c->addrs);
+    c->addrs = NULL;
+    c->naddrs = c->next_addr = 0;
     if (m->nparams >= 1)
         set_nick(c, m->params[0]);
     if (*m->nick) {
@@ -1413,6 +1420,8 @@ static void on_resolved(void *ud, const struct sockaddr_storage *addrs, size_t n
         return;
     }
     c->naddrs = n < RESOLVER_MAX_ADDRS ? n : RESOLVER_MAX_ADDRS;
+    free(c->addrs);
+    c->addrs = xmalloc(c->naddrs * sizeof *addrs);
     memcpy(c->addrs, addrs, c->naddrs * sizeof *addrs);
     try_next(c, NULL);
 }
