@@ -1577,6 +1577,39 @@ def test_admin_users_command():
     check(r.get('type') == 'result', 'unregistering refused: %s' % dump(r))
 
 
+def test_isthmusctl_gateway_commands():
+    """`isthmusctl gateway NAME ...` reaches the running gateway through its control socket and
+    does what the admin ad-hoc commands do, unregistering included (roster cleaned)."""
+    u = XUser.new('ctl')
+    r = register(u, uniq('cnick'))
+    check(r.get('type') == 'result', 'registration refused: %s' % dump(r))
+    h.wait_until(lambda: gw_in_roster(u), T, 'the gateway in the roster after registering', 0.3)
+    res = srv.ctl('gateway', GW, 'users')
+    check(res.returncode == 0 and u.bare in res.stdout,
+          'isthmusctl gateway users should list %s: %r %r' % (u.bare, res.stdout, res.stderr))
+    res = srv.ctl('gateway', GW, 'info', u.bare)
+    check(res.returncode == 0 and 'registered' in res.stdout,
+          'isthmusctl gateway info: %r %r' % (res.stdout, res.stderr))
+    res = srv.ctl('gateway', GW, 'info', 'nobody-%s@localhost' % uniq('n'))
+    check(res.returncode != 0 and 'item-not-found' in res.stderr,
+          'info on an unknown user should fail: %r %r' % (res.stdout, res.stderr))
+    res = srv.ctl('gateway', GW, 'frobnicate')
+    check(res.returncode != 0, 'an unknown command should fail: %r' % res.stdout)
+    res = srv.ctl('gateway', 'nosuch.localhost', 'users')
+    check(res.returncode != 0 and 'no [gateway nosuch.localhost]' in res.stderr,
+          'an unknown gateway should be named in the error: %r' % res.stderr)
+    res = srv.ctl('gateway', GW, 'unregister', u.bare)
+    check(res.returncode == 0, 'isthmusctl gateway unregister: %r %r' % (res.stdout, res.stderr))
+    # §4.3: the gateway leaves the user's roster (an XEP-0356 roster push removes it).
+    h.wait_until(lambda: not gw_in_roster(u), T,
+                 'the gateway to leave the roster (still: %s)' % list(gw_in_roster(u)), 0.3)
+    q = u.iq_ok('get', GW, "<query xmlns='%s'/>" % NS_REGISTER)
+    check(q.find('{%s}query/{%s}registered' % (NS_REGISTER, NS_REGISTER)) is None,
+          'still registered after isthmusctl unregister: %s' % dump(q))
+    res = srv.ctl('gateway', GW, 'users')
+    check(u.bare not in res.stdout, 'still listed after unregister: %r' % res.stdout)
+
+
 # --------------------------------------------------------------------------- ngircd restart
 
 

@@ -851,7 +851,7 @@ char *gw_admin_command(struct gw *gw, const char *cmd, const char *arg, bool *ok
             gw_user_drop_if_idle(gw, t);
         }
     } else {
-        return xstrdup("unknown command; expected users, info JID, disconnect JID or "
+        return xstrdup("error: unknown command; expected users, info JID, disconnect JID or "
                        "unregister JID");
     }
     if (error) {
