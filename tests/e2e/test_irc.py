@@ -33,6 +33,7 @@ import irc.buffer
 import irc.client
 
 import harness as h
+import peers
 from harness import check
 
 HERE = Path(__file__).resolve().parent
@@ -41,6 +42,9 @@ GATEWAY_BIN = h.BUILD / 'isthmus-irc'
 
 GW = 'irc.localhost'
 NET = 'irc.test'            # the [irc-network] name (ngircd), used in JIDs
+TLS_NET = 'secure.irc.test'  # ngircd's TLS port; its certificate names *.irc.test
+WRONG_NET = 'wrongname.test'  # the same port under a name the certificate does not carry
+OPTOUT_NET = 'optout.test'   # ... with tls_verify = false
 FAKE_NET = 'fake.test'      # an [irc-network] served by FakeIrcServer
 DEAD_NET = 'dead.test'      # an [irc-network] whose port refuses connections
 MUC = 'conference.localhost'
@@ -196,6 +200,15 @@ class Ngircd(Daemon):
         conf = os.path.join(directory, 'ngircd.conf')
         text = string.Template((HERE / 'peers' / 'ngircd.conf.in').read_text()).substitute(
             ip='127.0.0.1', port=self.port, dir=directory, uid_lines=uid_lines)
+        # TLS on a second port, with a certificate for irc.test and *.irc.test from a test CA.
+        self.tls_port = h.free_port()
+        self.ca = peers.TestCA(os.path.join(directory, 'ca'))
+        crt, key, _ = self.ca.issue(NET)
+        for f in (crt, key):
+            os.chmod(f, 0o644)  # read by ngircd as user irc; a throwaway test key
+        os.chmod(os.path.join(directory, 'ca'), 0o755)
+        text += '[SSL]\n\tCertFile = %s\n\tKeyFile = %s\n\tPorts = %d\n' % (
+            crt, key, self.tls_port)
         Path(conf).write_text(text)
         os.chmod(directory, 0o755)
         os.chmod(conf, 0o644)
@@ -731,7 +744,7 @@ def gateway_ready(x=None, domain=GW, timeout=60):
 # --------------------------------------------------------------------------- module setup
 
 
-def server_config(comp_port, irc_port, fake_port, dead_port):
+def server_config(comp_port, irc_port, fake_port, dead_port, tls_port):
     return {
         'muc': {'hosts': MUC},
         'component': {'listen': '127.0.0.1:%d' % comp_port},
@@ -741,6 +754,13 @@ def server_config(comp_port, irc_port, fake_port, dead_port):
         'irc-network ' + NET: {'address': '127.0.0.1:%d' % irc_port, 'tls': 'false'},
         'irc-network ' + FAKE_NET: {'address': '127.0.0.1:%d' % fake_port, 'tls': 'false'},
         'irc-network ' + DEAD_NET: {'address': '127.0.0.1:%d' % dead_port, 'tls': 'false'},
+        # The same ngircd over TLS: a name its certificate carries (verified against the test CA,
+        # which the gateway trusts through SSL_CERT_FILE), a name it does not carry, and that
+        # name again with verification switched off for the network.
+        'irc-network ' + TLS_NET: {'address': '127.0.0.1:%d' % tls_port, 'tls': 'true'},
+        'irc-network ' + WRONG_NET: {'address': '127.0.0.1:%d' % tls_port, 'tls': 'true'},
+        'irc-network ' + OPTOUT_NET: {'address': '127.0.0.1:%d' % tls_port, 'tls': 'true',
+                                      'tls_verify': 'false'},
         'bridge relay': {'gateway': GW, 'irc': '%s%%%s' % (BRIDGE_CHAN, NET),
                          'muc': BRIDGE_ROOM, 'nick': RELAYBOT},
     }
@@ -754,8 +774,19 @@ def setup_module():
     ngircd = Ngircd(d)
     fake_irc = FakeIrcServer()
     # A port nothing listens on (given out by the kernel and released): connections are refused.
-    srv = h.Server(server_config(h.free_port(), ngircd.port, fake_irc.port, h.free_port()))
-    srv.start()
+    srv = h.Server(server_config(h.free_port(), ngircd.port, fake_irc.port, h.free_port(),
+                                 ngircd.tls_port))
+    # The supervised gateway inherits the server's environment: OpenSSL's SSL_CERT_FILE makes it
+    # trust the test CA instead of the system store.
+    saved = os.environ.get('SSL_CERT_FILE')
+    os.environ['SSL_CERT_FILE'] = str(ngircd.ca.ca_file)
+    try:
+        srv.start()
+    finally:
+        if saved is None:
+            os.environ.pop('SSL_CERT_FILE', None)
+        else:
+            os.environ['SSL_CERT_FILE'] = saved
     srv.add_user(ADMIN, ADMIN_PW)
     gateway_ready(timeout=35)  # run.py gives setup_module 60 s in all
 
@@ -1608,6 +1639,36 @@ def test_isthmusctl_gateway_commands():
           'still registered after isthmusctl unregister: %s' % dump(q))
     res = srv.ctl('gateway', GW, 'users')
     check(u.bare not in res.stdout, 'still listed after unregister: %r' % res.stdout)
+
+
+@isolated
+def test_tls_verified_refused_and_opted_out():
+    """IRC over TLS: the certificate must name the network (RFC 6125 against the network's name,
+    not its address); a network whose certificate does not match is refused with a presence
+    error; tls_verify = false is the per-network opt-out."""
+    chan = '#' + uniq('tls')
+    ircu = IrcUser(uniq('tlsop'))
+    ircu.join(chan)
+    x = XUser.new('tls')
+    nick = uniq('tk')
+    join(x, room_jid(chan, TLS_NET), nick)
+    m = ircu.mark()
+    x.send("<message to='%s' type='groupchat' id='tls1'><body>over TLS</body></message>"
+           % room_jid(chan, TLS_NET))
+    ircu.wait(lambda e: e.type == 'pubmsg' and e.arguments and e.arguments[0] == 'over TLS',
+              'the message sent over TLS on IRC', since=m)
+    # Wrong name: no IRC connection; the join fails with a presence error naming the reason.
+    m = x.mark()
+    wrong = room_jid(chan, WRONG_NET)
+    x.send("<presence to='%s/%s'><x xmlns='%s'/></presence>" % (wrong, nick, NS_MUC))
+    err = x.wait(lambda e: is_presence(e, None, 'error') and bare(e.get('from')) == wrong,
+                 'a presence error for %s' % wrong, since=m)
+    check('certificate' in dump(err).lower(),
+          'the error should say the certificate is the problem: %s' % dump(err))
+    # Opted out: the same certificate is accepted.
+    optout = room_jid(chan, OPTOUT_NET)
+    join(x, optout, uniq('to'))
+    x.send("<presence to='%s/%s' type='unavailable'/>" % (optout, nick))
 
 
 # --------------------------------------------------------------------------- ngircd restart

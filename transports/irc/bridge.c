@@ -827,6 +827,7 @@ static void net_connect(struct bridge_net *net)
     } else {
         o.host = net->server;
     }
+    o.tls_name = net->server; /* the certificate must name the network, not its address */
     o.tls = cn ? cn->tls : true;
     o.tls_verify = cn ? cn->tls_verify && g->irc_tls_verify : g->irc_tls_verify;
     o.password = cn ? cn->password : NULL;

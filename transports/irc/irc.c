@@ -45,6 +45,7 @@ struct irc_conn {
     /* options, copied */
     char *host, *nick_opt, *username, *realname, *password, *sasl_mech, *sasl_user, *sasl_pass;
     char *client_cert, *nickserv_pass;
+    char *tls_name; /* SNI and the name the certificate must carry */
     uint16_t port;
     bool tls, tls_verify;
     unsigned burst, interval_ms, keepalive_ms;
@@ -631,7 +632,9 @@ static SSL_CTX *client_ctx(bool verify, const char *cert, const char *tag)
      * why; the handshake itself never fails on the certificate. */
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
     if (verify) {
-        int ok = access(IRC_CA_FILE, R_OK) == 0
+        /* The system store; OpenSSL's SSL_CERT_FILE / SSL_CERT_DIR override it (a private CA). */
+        int ok = access(IRC_CA_FILE, R_OK) == 0 && !getenv("SSL_CERT_FILE") &&
+                         !getenv("SSL_CERT_DIR")
                      ? SSL_CTX_load_verify_locations(ctx, IRC_CA_FILE, NULL)
                      : SSL_CTX_set_default_verify_paths(ctx);
         if (ok != 1)
@@ -677,7 +680,8 @@ static void free_conn(struct irc_conn *c)
     char **strs[] = {&c->tag,         &c->host,           &c->nick_opt,      &c->username,
                      &c->realname,    &c->password,       &c->sasl_mech,     &c->sasl_user,
                      &c->sasl_pass,   &c->client_cert,    &c->nickserv_pass, &c->nick,
-                     &c->server_name, &c->cap_sasl_mechs, &c->quit_reason,   &c->close_reason};
+                     &c->server_name, &c->cap_sasl_mechs, &c->quit_reason,   &c->close_reason,
+                     &c->tls_name};
     for (size_t i = 0; i < ARRAY_LEN(strs); i++) {
         free(*strs[i]);
         *strs[i] = NULL;
@@ -1316,7 +1320,8 @@ static void conn_on_connected(struct conn *cn, void *ud)
                false);
         return;
     }
-    struct conn_tls_opts o = {.client = true, .sni = is_ip_literal(c->host) ? NULL : c->host};
+    struct conn_tls_opts o = {.client = true,
+                              .sni = is_ip_literal(c->tls_name) ? NULL : c->tls_name};
     if (conn_start_tls_opts(cn, ctx, &o) != 0)
         finish(c, "cannot start TLS", false);
 }
@@ -1326,8 +1331,8 @@ static void conn_on_tls_ready(struct conn *cn, void *ud)
     struct irc_conn *c = ud;
     if (!c || c->conn != cn)
         return;
-    if (c->tls_verify && !conn_peer_cert_valid_for(cn, c->host)) {
-        char *why = xasprintf("TLS certificate not valid for %s", c->host);
+    if (c->tls_verify && !conn_peer_cert_valid_for(cn, c->tls_name)) {
+        char *why = xasprintf("TLS certificate not valid for %s", c->tls_name);
         finish(c, why, false);
         free(why);
         return;
@@ -1459,6 +1464,7 @@ struct irc_conn *irc_connect(struct ev_loop *loop, const struct irc_conn_opts *o
     c->cb = *cb;
     c->ud = ud;
     c->host = xstrdup(opts->host ? opts->host : "");
+    c->tls_name = xstrdup(opts->tls_name ? opts->tls_name : c->host);
     c->tag = opts->tag ? xstrdup(opts->tag) : xasprintf("irc %s", c->host);
     c->tls = opts->tls;
     c->tls_verify = opts->tls && opts->tls_verify;

@@ -54,6 +54,8 @@ struct irc_conn_opts {
     uint16_t port;        /* 0: 6697 with TLS, 6667 without */
     bool tls;
     bool tls_verify;      /* verify the chain against the system store and the host name */
+    const char *tls_name; /* the name sent as SNI and verified (the IRC network's name when host
+                           * is an address); NULL: host */
     const char *nick;
     const char *username; /* USER's user name; NULL: nick */
     const char *realname; /* NULL: nick */

@@ -1128,6 +1128,7 @@ static void relay_connect(struct relay *r)
     o.port = r->port;
     o.tls = r->tls;
     o.tls_verify = r->tls_verify;
+    o.tls_name = r->network;
     o.nick = r->nick;
     o.realname = g && g->irc_realname ? g->irc_realname : "Isthmus IRC relay";
     o.password = r->password;
