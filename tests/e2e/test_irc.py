@@ -1874,3 +1874,110 @@ def test_gateway_against_prosody():
 
 
 test_gateway_against_prosody.timeout = 180
+
+
+# --------------------------------------------------------------------------- SASL EXTERNAL
+
+
+def _run_command(x, node, fields=None):
+    """Executes the ad-hoc command node on the gateway (XEP-0050); with fields, submits them in
+    the form the first stage returned. Returns the <command/> of the last answer."""
+    r = x.iq_ok('set', GW, "<command xmlns='%s' node='%s' action='execute'/>"
+                % (NS_COMMANDS, node))
+    cmd = r.find('{%s}command' % NS_COMMANDS)
+    check(cmd is not None, 'no <command/> in %s' % dump(r))
+    if fields is None:
+        return cmd
+    form = ''.join("<field var='%s'><value>%s</value></field>" % (k, xml_text(v))
+                   for k, v in fields.items())
+    r = x.iq_ok('set', GW, "<command xmlns='%s' node='%s' sessionid='%s'>"
+                "<x xmlns='%s' type='submit'>%s</x></command>"
+                % (NS_COMMANDS, node, xml_attr(cmd.get('sessionid') or ''), NS_DATA, form))
+    cmd = r.find('{%s}command' % NS_COMMANDS)
+    check(cmd is not None, 'no <command/> in %s' % dump(r))
+    return cmd
+
+
+def _certificate_fingerprints(x):
+    import re
+    cmd = _run_command(x, 'certificate')
+    check(cmd.get('status') == 'completed', 'the certificate command should complete: %s'
+          % dump(cmd))
+    note = cmd.findtext('{%s}note' % NS_COMMANDS) or ''
+    m256 = re.search(r'SHA-256: ([0-9a-f]{64})\b', note)
+    m512 = re.search(r'SHA-512: ([0-9a-f]{128})\b', note)
+    check(m256 and m512, 'SHA-256 and SHA-512 fingerprints (hex) expected: %r' % note)
+    check(x.bare in note, 'the note should name the certificate (CN=%s): %r' % (x.bare, note))
+    return m256.group(1), m512.group(1), note
+
+
+@isolated
+def test_certificate_command_and_sasl_external():
+    """The "certificate" ad-hoc command makes the user's client certificate (once) and shows the
+    fingerprints NickServ CERT ADD takes; with the "sasl_external" setting on, the user's
+    connections present it over TLS (ngircd shows its fingerprint in WHOIS, RPL_WHOISCERTFP) and
+    ask for SASL EXTERNAL where offered; ngircd offers no SASL, so registration goes on without,
+    and a plaintext network is used without the certificate."""
+    import hashlib
+    import ssl
+    x = XUser.new('cfp')
+    items = x.iq_ok('get', GW, "<query xmlns='%s' node='%s'/>" % (NS_DISCO_ITEMS, NS_COMMANDS))
+    nodes = {i.get('node') for i in items.iter('{%s}item' % NS_DISCO_ITEMS)}
+    check('certificate' in nodes, 'the certificate command should be listed: %s' % dump(items))
+    fp256, fp512, note = _certificate_fingerprints(x)
+    check('SASL EXTERNAL is off' in note, 'the note should say EXTERNAL is off: %r' % note)
+    again256, again512, _ = _certificate_fingerprints(x)
+    check((again256, again512) == (fp256, fp512),
+          'the certificate must be kept: %s/%s then %s/%s' % (fp256, fp512, again256, again512))
+
+    # The file: DATA_DIR/irc.localhost-certs/<sha256 of the JID>.pem, private, and the
+    # fingerprints are those of its certificate.
+    name = hashlib.sha256(x.bare.encode()).hexdigest() + '.pem'
+    found = list(Path(srv.dir).glob('**/%s-certs/%s' % (GW, name)))
+    check(len(found) == 1, 'one certificate file %s expected under %s: %s' % (name, srv.dir,
+                                                                             found))
+    f = found[0]
+    check(f.stat().st_mode & 0o777 == 0o600 and f.parent.stat().st_mode & 0o777 == 0o700,
+          'the certificate file should be 0600 in a 0700 directory: %o %o'
+          % (f.stat().st_mode, f.parent.stat().st_mode))
+    der = ssl.PEM_cert_to_DER_cert(f.read_text().split('-----END CERTIFICATE-----')[0]
+                                   + '-----END CERTIFICATE-----\n')
+    check(hashlib.sha256(der).hexdigest() == fp256 and hashlib.sha512(der).hexdigest() == fp512,
+          'the fingerprints shown should be those of %s' % f)
+
+    cmd = _run_command(x, 'settings', {'sasl_external': 'true'})
+    check(cmd.get('status') == 'completed', 'saving the setting failed: %s' % dump(cmd))
+    form = _run_command(x, 'settings')
+    check(field_value(form_fields(form).get('sasl_external')) in ('true', '1'),
+          'the settings form should show sasl_external on: %s' % dump(form))
+    _, _, note = _certificate_fingerprints(x)
+    check('SASL EXTERNAL is on' in note, 'the note should say EXTERNAL is on: %r' % note)
+
+    chan = '#' + uniq('cfp')
+    ircu = IrcUser(uniq('cfpop'))
+    ircu.join(chan)
+    # Plaintext network: no certificate, no EXTERNAL; the join works as before.
+    nick = uniq('cf')
+    m = ircu.mark()
+    join(x, room_jid(chan), nick)
+    ircu.wait(lambda e: e.type == 'join' and e.source.nick == nick, '%s to JOIN' % nick,
+              since=m)
+    # TLS network: the certificate is presented; ngircd has no SASL, so registration goes on.
+    nick2 = uniq('ct')
+    m = ircu.mark()
+    join(x, room_jid(chan, TLS_NET), nick2)
+    ircu.wait(lambda e: e.type == 'join' and e.source.nick == nick2,
+              '%s to JOIN over TLS' % nick2, since=m)
+    x.send("<message to='%s' type='groupchat'><body>certfp hello</body></message>"
+           % room_jid(chan, TLS_NET))
+    ircu.wait_msg(chan, nick2, lambda t: t == 'certfp hello', 'the line sent over TLS')
+    # ngircd tells a user its own certificate fingerprint in WHOIS (276, SHA-256): asked with
+    # a raw command to the network's JID, answered from it.
+    net_jid = '%s@%s' % (TLS_NET, GW)
+    m = x.mark()
+    x.send("<message to='%s' type='chat'><body>WHOIS %s</body></message>" % (net_jid, nick2))
+    x.wait(lambda e: e.tag == C + 'message' and bare(e.get('from')) == net_jid
+           and fp256 in (body_of(e) or '').lower(),
+           'the WHOIS reply with our certificate fingerprint %s' % fp256, since=m)
+    for room, n in ((room_jid(chan), nick), (room_jid(chan, TLS_NET), nick2)):
+        x.send("<presence to='%s/%s' type='unavailable'/>" % (room, n))

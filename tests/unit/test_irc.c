@@ -1,20 +1,30 @@
 /* test_irc.c — the IRC client stack: parsing, decoding, formatting, splitting, casemapping, and
  * whole registrations against a scripted server on 127.0.0.1 (CAP, SASL, nick retries,
- * ISUPPORT, PING, ERROR, flood control, garbage). */
+ * ISUPPORT, PING, ERROR, flood control, garbage), SASL EXTERNAL over TLS with a client
+ * certificate from certfp.c checked on the server side, and certfp.c itself. */
 #include <arpa/inet.h>
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "certfp.h"
 #include "irc.h"
 #include "isthmus/conn.h"
 #include "isthmus/ev.h"
 #include "isthmus/log.h"
 #include "isthmus/resolver.h"
+#include "isthmus/tls.h"
 #include "isthmus/util.h"
 #include "test.h"
 
@@ -418,7 +428,17 @@ static void test_names_entry(void)
 
 /* ---------------------------------------------------------------- a scripted server */
 
-enum scenario { SC_SASL, SC_SASL_FAIL, SC_NOCAP, SC_NICK_TAKEN, SC_GARBAGE, SC_FLOOD, SC_ABORT };
+enum scenario {
+    SC_SASL,
+    SC_SASL_FAIL,
+    SC_NOCAP,
+    SC_NICK_TAKEN,
+    SC_GARBAGE,
+    SC_FLOOD,
+    SC_ABORT,
+    SC_EXTERNAL,      /* over TLS: sasl=EXTERNAL,PLAIN; 903 only for the expected certificate */
+    SC_EXTERNAL_FAIL, /* over TLS: 904 to EXTERNAL */
+};
 
 struct srv {
     struct ev_loop *loop;
@@ -430,6 +450,12 @@ struct srv {
     struct buf got; /* every client line, each followed by '\n' */
     int nick_count, privmsg_count;
     uint64_t privmsg_ms[8];
+    /* TLS: when tls_ctx is set, accepted connections are struct conn with server-side TLS
+     * asking for a client certificate; peer_fp is its SHA-256 (hex), "" when none came. */
+    SSL_CTX *tls_ctx;
+    struct conn *tconn;
+    char peer_fp[CERTFP_SHA256_HEX];
+    char want_fp[CERTFP_SHA256_HEX];
 };
 
 struct cli {
@@ -455,6 +481,10 @@ static void srv_send(const char *fmt, ...)
     va_end(ap);
     memcpy(line + n, "\r\n", 2);
     size_t off = 0, len = (size_t)n + 2;
+    if (srv.tconn) {
+        conn_write(srv.tconn, line, len);
+        return;
+    }
     while (off < len) {
         ssize_t w = write(srv.fd, line + off, len - off);
         if (w < 0 && errno == EAGAIN)
@@ -467,6 +497,10 @@ static void srv_send(const char *fmt, ...)
 
 static void srv_raw(const char *data, size_t len)
 {
+    if (srv.tconn) {
+        conn_write(srv.tconn, data, len);
+        return;
+    }
     if (write(srv.fd, data, len) != (ssize_t)len)
         test_failed_checks++;
 }
@@ -481,6 +515,10 @@ static void stop_cb(struct ev_loop *l, void *ud)
 
 static void srv_close(void)
 {
+    if (srv.tconn) {
+        conn_close(srv.tconn, "test server done");
+        srv.tconn = NULL;
+    }
     if (srv.fd >= 0) {
         ev_io_del(loop, srv.fd);
         close(srv.fd);
@@ -579,6 +617,26 @@ static void srv_line(char *line)
             RAW(":x!y@z PRIVMSG alice :end\r\n");
         }
         break;
+    case SC_EXTERNAL:
+    case SC_EXTERNAL_FAIL:
+        if (strcmp(line, "CAP LS 302") == 0) {
+            srv_send(":srv.test CAP * LS :sasl=EXTERNAL,PLAIN server-time");
+        } else if (strcmp(line, "CAP REQ :sasl") == 0) {
+            srv_send(":srv.test CAP * ACK :sasl");
+        } else if (strcmp(line, "AUTHENTICATE EXTERNAL") == 0) {
+            srv_send("AUTHENTICATE +");
+        } else if (strcmp(line, "AUTHENTICATE +") == 0) {
+            /* The account is the one whose CertFP the TLS layer presented. */
+            if (srv.sc == SC_EXTERNAL && *srv.want_fp && strcmp(srv.peer_fp, srv.want_fp) == 0) {
+                srv_send(":srv.test 900 alice alice!u@h acct :You are now logged in as acct");
+                srv_send(":srv.test 903 alice :SASL authentication successful");
+            } else {
+                srv_send(":srv.test 904 alice :SASL authentication failed");
+            }
+        } else if (strcmp(line, "CAP END") == 0) {
+            srv_registered("alice");
+        }
+        break;
     case SC_FLOOD:
     case SC_ABORT:
         if (strcmp(line, "CAP LS 302") == 0)
@@ -591,6 +649,8 @@ static void srv_line(char *line)
     }
 }
 
+static void srv_lines(void);
+
 static void srv_read(struct ev_loop *l, int fd, unsigned events, void *ud)
 {
     (void)l, (void)events, (void)ud;
@@ -602,8 +662,14 @@ static void srv_read(struct ev_loop *l, int fd, unsigned events, void *ud)
         return;
     }
     srv.inlen += (size_t)n;
+    srv_lines();
+}
+
+/* Hands every complete line in srv.in to srv_line. */
+static void srv_lines(void)
+{
     char *nl;
-    while (srv.fd >= 0 && (nl = memchr(srv.in, '\n', srv.inlen))) {
+    while ((srv.fd >= 0 || srv.tconn) && (nl = memchr(srv.in, '\n', srv.inlen))) {
         size_t ll = (size_t)(nl - srv.in);
         char line[sizeof srv.in];
         memcpy(line, srv.in, ll);
@@ -614,6 +680,42 @@ static void srv_read(struct ev_loop *l, int fd, unsigned events, void *ud)
     }
 }
 
+static void srv_tls_data(struct conn *c, void *ud, const char *data, size_t len)
+{
+    (void)ud;
+    if (c != srv.tconn)
+        return;
+    size_t room = sizeof srv.in - srv.inlen - 1;
+    if (len > room)
+        len = room;
+    memcpy(srv.in + srv.inlen, data, len);
+    srv.inlen += len;
+    srv_lines();
+}
+
+static void srv_tls_ready(struct conn *c, void *ud)
+{
+    (void)ud;
+    X509 *peer = SSL_get1_peer_certificate(conn_ssl(c));
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned n = 0;
+    srv.peer_fp[0] = '\0';
+    if (peer && X509_digest(peer, EVP_sha256(), md, &n) && n == 32)
+        for (unsigned i = 0; i < n; i++)
+            snprintf(srv.peer_fp + 2 * i, 3, "%02x", md[i]);
+    X509_free(peer);
+}
+
+static void srv_tls_closed(struct conn *c, void *ud, const char *reason)
+{
+    (void)ud, (void)reason;
+    if (srv.tconn == c)
+        srv.tconn = NULL;
+}
+
+static const struct conn_ops srv_tls_ops = {
+    .data = srv_tls_data, .tls_ready = srv_tls_ready, .closed = srv_tls_closed};
+
 static void srv_accept(struct ev_loop *l, int fd, unsigned events, void *ud)
 {
     (void)events, (void)ud;
@@ -621,6 +723,13 @@ static void srv_accept(struct ev_loop *l, int fd, unsigned events, void *ud)
     if (s < 0)
         return;
     srv_close();
+    if (srv.tls_ctx) {
+        srv.tconn = conn_new(l, s, "test tls server", 1 << 20, &srv_tls_ops, NULL);
+        struct conn_tls_opts to = {.want_peer_cert = true};
+        if (!srv.tconn || conn_start_tls_opts(srv.tconn, srv.tls_ctx, &to) != 0)
+            test_failed_checks++;
+        return;
+    }
     srv.fd = s;
     ev_io_add(l, s, EV_READ, srv_read, NULL);
 }
@@ -632,6 +741,7 @@ static void srv_start(enum scenario sc)
     srv.inlen = 0;
     srv.fd = -1;
     srv.nick_count = srv.privmsg_count = 0;
+    srv.peer_fp[0] = '\0';
     if (srv.lfd > 0)
         return;
     srv.lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -709,7 +819,7 @@ static void give_up(struct ev_loop *l, void *ud)
 }
 
 /* Runs until the client is closed (or 5 s). */
-static void run_client(struct cli *k, struct irc_conn_opts *o)
+static void run_client_with(struct cli *k, struct irc_conn_opts *o, const struct irc_conn_cb *cb)
 {
     buf_init(&k->seen);
     o->host = "127.0.0.1";
@@ -717,7 +827,7 @@ static void run_client(struct cli *k, struct irc_conn_opts *o)
     if (!o->tag)
         o->tag = "irc test";
     k->in_call = true;
-    k->c = irc_connect(loop, o, &cli_cb, k);
+    k->c = irc_connect(loop, o, cb, k);
     k->in_call = false;
     struct ev_timer *t = ev_timer_add(loop, 5000, give_up, NULL);
     ev_run(loop);
@@ -728,6 +838,11 @@ static void run_client(struct cli *k, struct irc_conn_opts *o)
     (void)t2;
     ev_run(loop);
     CHECK(k->closed == 1);
+}
+
+static void run_client(struct cli *k, struct irc_conn_opts *o)
+{
+    run_client_with(k, o, &cli_cb);
 }
 
 static void test_conn_sasl(void)
@@ -912,6 +1027,344 @@ static void test_conn_refused(void)
     buf_fini(&k3.seen);
 }
 
+/* ---------------------------------------------------------------- SASL EXTERNAL, certfp.c */
+
+static char tmpdir[64];
+
+static void rm_tree(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d) {
+        unlink(path);
+        return;
+    }
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char *sub = xasprintf("%s/%s", path, e->d_name);
+        rm_tree(sub);
+        free(sub);
+    }
+    closedir(d);
+    rmdir(path);
+}
+
+static char *read_all(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    struct buf b;
+    buf_init(&b);
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        buf_append(&b, chunk, n);
+    fclose(f);
+    buf_putc(&b, '\0');
+    return buf_take(&b);
+}
+
+/* What `openssl x509 -fingerprint -DIGEST` prints for path, as lower-case hex without colons
+ * ("" when it fails): the independent check of certfp_fingerprints. */
+static void openssl_cli_fp(const char *path, const char *digest, char *out, size_t outlen)
+{
+    char *cmd = xasprintf("openssl x509 -noout -fingerprint -%s -in '%s' 2>/dev/null", digest,
+                          path);
+    FILE *p = popen(cmd, "r");
+    free(cmd);
+    char line[512] = "";
+    if (p) {
+        if (!fgets(line, sizeof line, p))
+            line[0] = '\0';
+        pclose(p);
+    }
+    const char *eq = strchr(line, '=');
+    size_t k = 0;
+    for (const char *q = eq ? eq + 1 : ""; *q && k + 1 < outlen; q++)
+        if (isxdigit((unsigned char)*q))
+            out[k++] = (char)tolower((unsigned char)*q);
+    out[k] = '\0';
+}
+
+static void test_certfp(void)
+{
+    char err[256] = "";
+    char *dir = xasprintf("%s/gw.test-certs", tmpdir);
+    const char *jid = "alice@example.org";
+    char *path = certfp_ensure(dir, jid, err, sizeof err);
+    CHECK(path != NULL);
+    if (!path) {
+        fprintf(stderr, "  certfp_ensure: %s\n", err);
+        free(dir);
+        return;
+    }
+    /* DIR/<SHA-256 of the JID>.pem, private. */
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    CHECK(EVP_Digest(jid, strlen(jid), md, &mdlen, EVP_sha256(), NULL) && mdlen == 32);
+    char name[CERTFP_SHA256_HEX];
+    for (unsigned i = 0; i < mdlen; i++)
+        snprintf(name + 2 * i, 3, "%02x", md[i]);
+    char *want = xasprintf("%s/%s.pem", dir, name);
+    CHECK_STR(path, want);
+    free(want);
+    struct stat st;
+    CHECK(stat(dir, &st) == 0 && (st.st_mode & 0777) == 0700);
+    CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+
+    /* The fingerprints are what the openssl tool says. */
+    char fp256[CERTFP_SHA256_HEX], fp512[CERTFP_SHA512_HEX], cli[200];
+    CHECK(certfp_fingerprints(path, fp256, fp512, err, sizeof err) == 0);
+    CHECK(strlen(fp256) == 64 && strlen(fp512) == 128);
+    openssl_cli_fp(path, "sha256", cli, sizeof cli);
+    CHECK_STR(fp256, cli);
+    openssl_cli_fp(path, "sha512", cli, sizeof cli);
+    CHECK_STR(fp512, cli);
+
+    /* Read back independently: self-signed, CN = the JID, EC P-256, 10 years, client auth. */
+    FILE *f = fopen(path, "r");
+    X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    EVP_PKEY *key = NULL;
+    if (f) {
+        rewind(f);
+        key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+        fclose(f);
+    }
+    CHECK(x && key);
+    if (x && key) {
+        char cn[256] = "";
+        CHECK(X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, cn,
+                                        sizeof cn) > 0);
+        CHECK_STR(cn, jid);
+        CHECK(X509_NAME_cmp(X509_get_subject_name(x), X509_get_issuer_name(x)) == 0);
+        CHECK(X509_verify(x, key) == 1);
+        CHECK(X509_check_private_key(x, key) == 1);
+        CHECK(EVP_PKEY_is_a(key, "EC"));
+        char group[64] = "";
+        size_t gl = 0;
+        CHECK(EVP_PKEY_get_group_name(key, group, sizeof group, &gl) == 1);
+        CHECK_STR(group, "prime256v1");
+        int days = 0, secs = 0;
+        CHECK(ASN1_TIME_diff(&days, &secs, X509_get0_notBefore(x), X509_get0_notAfter(x)));
+        CHECK(days == CERTFP_DAYS);
+        CHECK(X509_check_purpose(x, X509_PURPOSE_SSL_CLIENT, 0) == 1);
+    }
+    X509_free(x);
+    EVP_PKEY_free(key);
+
+    /* Second call: the same file, untouched, the same fingerprints. */
+    char *before = read_all(path);
+    char *again = certfp_ensure(dir, jid, err, sizeof err);
+    CHECK_STR(again, path);
+    char *after = read_all(path);
+    CHECK(before && after && strcmp(before, after) == 0);
+    char fp256b[CERTFP_SHA256_HEX] = "", fp512b[CERTFP_SHA512_HEX] = "";
+    CHECK(again && certfp_fingerprints(again, fp256b, fp512b, err, sizeof err) == 0);
+    CHECK_STR(fp256b, fp256);
+    CHECK_STR(fp512b, fp512);
+    free(before);
+    free(after);
+    free(again);
+
+    /* Another user: another file and key. */
+    char *other = certfp_ensure(dir, "bob@example.org", err, sizeof err);
+    CHECK(other && strcmp(other, path) != 0);
+    CHECK(other && certfp_fingerprints(other, fp256b, NULL, err, sizeof err) == 0 &&
+          strcmp(fp256b, fp256) != 0);
+    free(other);
+
+    /* A JID longer than a CN may be (64 characters): cut on a character boundary. */
+    struct buf lj;
+    buf_init(&lj);
+    for (int i = 0; i < 80; i++)
+        buf_puts(&lj, "é");
+    buf_puts(&lj, "@example.org");
+    char *lpath = certfp_ensure(dir, lj.data, err, sizeof err);
+    CHECK(lpath != NULL);
+    f = lpath ? fopen(lpath, "r") : NULL;
+    x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    if (f)
+        fclose(f);
+    char cn[512] = "";
+    CHECK(x && X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, cn,
+                                         sizeof cn) == 128);
+    CHECK(utf8_valid(cn, strlen(cn)) && strncmp(cn, lj.data, 128) == 0);
+    X509_free(x);
+    free(lpath);
+    buf_fini(&lj);
+
+    /* A damaged file is refused, never replaced (its fingerprint may be registered). */
+    char *bad = certfp_path(dir, "carol@example.org");
+    f = fopen(bad, "w");
+    CHECK(f && fputs("-----BEGIN CERTIFICATE-----\ngarbage\n", f) >= 0);
+    if (f)
+        fclose(f);
+    err[0] = '\0';
+    CHECK(certfp_ensure(dir, "carol@example.org", err, sizeof err) == NULL);
+    CHECK(*err != '\0');
+    char *content = read_all(bad);
+    CHECK(content && strstr(content, "garbage"));
+    free(content);
+    CHECK(certfp_fingerprints(bad, fp256b, fp512b, err, sizeof err) == -1);
+    free(bad);
+    /* A key that does not belong to the certificate: refused too. */
+    char *mixed = certfp_path(dir, "dave@example.org");
+    char *cert_part = read_all(path);
+    char *bobfile = certfp_path(dir, "bob@example.org");
+    char *bobpem = read_all(bobfile);
+    f = fopen(mixed, "w");
+    if (f && cert_part && bobpem) {
+        /* alice's certificate, then bob's key */
+        fwrite(cert_part, 1, strstr(cert_part, "-----END CERTIFICATE-----\n") + 26 - cert_part, f);
+        fputs(strstr(bobpem, "-----BEGIN PRIVATE KEY-----"), f);
+    }
+    if (f)
+        fclose(f);
+    err[0] = '\0';
+    CHECK(certfp_ensure(dir, "dave@example.org", err, sizeof err) == NULL);
+    CHECK(strstr(err, "does not match") != NULL);
+    free(cert_part);
+    free(bobpem);
+    free(bobfile);
+    free(mixed);
+
+    /* No JID; a directory that cannot be made. */
+    CHECK(certfp_ensure(dir, "", err, sizeof err) == NULL);
+    char *nodir = xasprintf("%s/no/such/dir", tmpdir);
+    err[0] = '\0';
+    CHECK(certfp_ensure(nodir, jid, err, sizeof err) == NULL && *err);
+    free(nodir);
+    free(path);
+    free(dir);
+}
+
+static void quit_registered(struct irc_conn *c, void *ud, const char *nick)
+{
+    cli_registered(c, ud, nick);
+    irc_quit(c, "bye");
+}
+
+/* The connection ends before any TLS: its reason, and no byte reached the server. */
+static void check_refused_at_once(struct irc_conn_opts *o, const char *reason)
+{
+    struct cli k = {0};
+    buf_init(&k.seen);
+    o->host = "127.0.0.1";
+    o->port = srv.port;
+    k.in_call = true;
+    k.c = irc_connect(loop, o, &cli_cb, &k);
+    k.in_call = false;
+    struct ev_timer *t = ev_timer_add(loop, 5000, give_up, NULL);
+    ev_run(loop);
+    ev_timer_cancel(loop, t);
+    CHECK(k.closed == 1);
+    CHECK_STR(k.reason, reason);
+    CHECK(k.registered == 0);
+    buf_fini(&k.seen);
+}
+
+static void test_conn_sasl_external(void)
+{
+    char err[256] = "";
+    /* The scripted server speaks TLS with a certificate for srv.test, asking for the client's. */
+    char *scert = xasprintf("%s/srv.crt", tmpdir), *skey = xasprintf("%s/srv.key", tmpdir);
+    CHECK(tls_make_self_signed("srv.test", scert, skey, 2, err, sizeof err) == 0);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    CHECK(ctx && SSL_CTX_use_certificate_file(ctx, scert, SSL_FILETYPE_PEM) == 1 &&
+          SSL_CTX_use_PrivateKey_file(ctx, skey, SSL_FILETYPE_PEM) == 1);
+    char *dir = xasprintf("%s/gw.test-certs", tmpdir);
+    char *cert = certfp_ensure(dir, "alice@example.org", err, sizeof err);
+    CHECK(cert && certfp_fingerprints(cert, srv.want_fp, NULL, err, sizeof err) == 0);
+    if (!ctx || !cert) {
+        SSL_CTX_free(ctx);
+        free(cert);
+        free(dir);
+        free(scert);
+        free(skey);
+        return;
+    }
+    srv.tls_ctx = ctx;
+
+    /* 1. Verified TLS (the server's certificate is trusted through SSL_CERT_FILE: the client
+     * certificate's context shares the verifying store), the client certificate is presented,
+     * and SASL EXTERNAL goes: CAP LS → CAP REQ :sasl → AUTHENTICATE EXTERNAL → + → + → 903. */
+    setenv("SSL_CERT_FILE", scert, 1);
+    srv_start(SC_EXTERNAL);
+    struct cli k = {0};
+    struct irc_conn_cb cb = cli_cb;
+    cb.registered = quit_registered;
+    struct irc_conn_opts o = {.nick = "alice",
+                              .tls = true,
+                              .tls_verify = true,
+                              .tls_name = "srv.test",
+                              .sasl_mechanism = "external",
+                              .client_cert = cert,
+                              .nickserv_password = "fallback-pw",
+                              .flood_interval_ms = UINT32_MAX};
+    run_client_with(&k, &o, &cb);
+    CHECK_STR(srv.peer_fp, srv.want_fp);
+    CHECK_STR(srv.got.data, "CAP LS 302\nNICK alice\nUSER alice 0 * :alice\nCAP REQ :sasl\n"
+                            "AUTHENTICATE EXTERNAL\nAUTHENTICATE +\nCAP END\nQUIT :bye\n");
+    CHECK(k.registered == 1);
+    CHECK_STR(k.reg_nick, "alice");
+    CHECK_STR(k.reason, "bye");
+    /* 900 and 903 are the stack's business (and the client quit from registered(), so 001
+     * itself is not handed on). */
+    CHECK(k.seen.data == NULL);
+    buf_fini(&k.seen);
+
+    /* 2. The network does not know the certificate (904): registration goes on without SASL,
+     * the driver sees the 904, and the password is the NickServ fallback. */
+    srv_start(SC_EXTERNAL_FAIL);
+    struct cli k2 = {0};
+    struct irc_conn_opts o2 = {.nick = "alice",
+                               .tls = true,
+                               .sasl_mechanism = "EXTERNAL",
+                               .client_cert = cert,
+                               .nickserv_password = "fallback-pw",
+                               .flood_interval_ms = UINT32_MAX};
+    run_client_with(&k2, &o2, &cb);
+    CHECK_STR(srv.peer_fp, srv.want_fp);
+    CHECK(srv.got.data && strstr(srv.got.data, "\nAUTHENTICATE EXTERNAL\nAUTHENTICATE +\n"
+                                               "CAP END\n"));
+    CHECK(srv.got.data && strstr(srv.got.data, "\nPRIVMSG NickServ :IDENTIFY fallback-pw\n"
+                                               "QUIT :bye\n"));
+    CHECK(k2.registered == 1);
+    CHECK_STR(k2.seen.data, "904 alice SASL authentication failed\n");
+    buf_fini(&k2.seen);
+
+    /* 3. A certificate file that cannot be loaded: closed before the handshake. */
+    srv_start(SC_EXTERNAL);
+    struct cli k3 = {0};
+    char *missing = xasprintf("%s/missing.pem", tmpdir);
+    struct irc_conn_opts o3 = {
+        .nick = "alice", .tls = true, .sasl_mechanism = "EXTERNAL", .client_cert = missing};
+    run_client(&k3, &o3);
+    CHECK_STR(k3.reason, "cannot load the client certificate");
+    CHECK(k3.registered == 0 && srv.got.data == NULL);
+    buf_fini(&k3.seen);
+    free(missing);
+
+    /* 4. EXTERNAL without TLS, or without a certificate, is refused before connecting. */
+    srv_start(SC_EXTERNAL);
+    struct irc_conn_opts o4 = {.nick = "alice", .sasl_mechanism = "EXTERNAL", .client_cert = cert};
+    check_refused_at_once(&o4, "SASL EXTERNAL needs TLS and a client certificate");
+    struct irc_conn_opts o5 = {.nick = "alice", .tls = true, .sasl_mechanism = "EXTERNAL"};
+    check_refused_at_once(&o5, "SASL EXTERNAL needs TLS and a client certificate");
+    CHECK(srv.got.data == NULL);
+
+    srv_close();
+    srv.tls_ctx = NULL;
+    SSL_CTX_free(ctx);
+    unsetenv("SSL_CERT_FILE");
+    free(cert);
+    free(dir);
+    free(scert);
+    free(skey);
+}
+
 /* ---------------------------------------------------------------- splitting (irc_say) */
 
 static void split_registered(struct irc_conn *c, void *ud, const char *nick)
@@ -1083,6 +1536,13 @@ int main(void)
     TEST_RUN(test_casemapping_defaults);
     TEST_RUN(test_names_entry);
 
+    signal(SIGPIPE, SIG_IGN); /* as in gw_main: TLS writes to a peer that went away */
+    if (!mkdtemp(strcpy(tmpdir, "/tmp/test_irc_XXXXXX"))) {
+        perror("mkdtemp");
+        return 1;
+    }
+    TEST_RUN(test_certfp);
+
     log_open(NULL, getenv("IRC_TEST_DEBUG") ? LOG_DEBUG : LOG_ERROR);
     loop = ev_loop_new();
     ev_set_before_sleep(loop, before_sleep, NULL);
@@ -1102,7 +1562,9 @@ int main(void)
     TEST_RUN(test_conn_split);
     TEST_RUN(test_isupport_casemap);
     TEST_RUN(test_conn_refused);
+    TEST_RUN(test_conn_sasl_external);
     srv_close();
+    rm_tree(tmpdir);
     close(srv.lfd);
     buf_fini(&srv.got);
     resolver_fini();

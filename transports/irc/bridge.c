@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "addr.h"
+#include "certfp.h"
 #include "isthmus/log.h"
 #include "isthmus/rsm.h"
 #include "isthmus/util.h"
@@ -815,6 +816,32 @@ static void on_closed(struct irc_conn *c, void *ud, const char *reason)
 
 static const struct irc_conn_cb net_cb = {on_registered, on_message, on_closed};
 
+static bool sasl_external_enabled(struct gw *gw, struct gw_user *u)
+{
+    char *v = gw_user_setting(gw, u, "sasl_external");
+    bool on = v && (strcmp(v, "true") == 0 || strcmp(v, "1") == 0);
+    free(v);
+    return on;
+}
+
+/* The user's client certificate when the "sasl_external" setting is on (made on first need),
+ * else NULL; malloc'd path. Only for TLS networks: EXTERNAL relies on what TLS presented. */
+static char *user_client_cert(struct bridge_net *net)
+{
+    struct bridge_user *bu = net->owner;
+    if (!sasl_external_enabled(bu->gw, bu->u))
+        return NULL;
+    char err[256];
+    char *path = certfp_for_user(bu->gw, bu->jid, err, sizeof err);
+    if (!path) {
+        log_warn(net->tag, "no client certificate, not using SASL EXTERNAL: %s", err);
+        char *t = xasprintf("Cannot use SASL EXTERNAL (no client certificate: %s)", err);
+        server_message(net, t);
+        free(t);
+    }
+    return path;
+}
+
 static void net_connect(struct bridge_net *net)
 {
     struct bridge_user *bu = net->owner;
@@ -842,6 +869,15 @@ static void net_connect(struct bridge_net *net)
         o.sasl_password = password;
         o.nickserv_password = password;
     }
+    char *cert = o.tls ? user_client_cert(net) : NULL;
+    if (cert) {
+        /* SASL EXTERNAL with the user's certificate (CertFP); a password is only the NickServ
+         * fallback then (irc.c goes on without SASL when the certificate is not accepted). */
+        o.client_cert = cert;
+        o.sasl_mechanism = "EXTERNAL";
+        o.sasl_username = NULL;
+        o.sasl_password = NULL;
+    }
     o.flood_burst = g->irc_flood_burst;
     o.flood_interval_ms = g->irc_flood_interval_ms;
     o.tag = net->tag;
@@ -851,6 +887,7 @@ static void net_connect(struct bridge_net *net)
     log_info(net->tag, "connecting to %s:%u%s as %s", o.host, o.port, o.tls ? " (TLS)" : "",
              o.nick);
     net->conn = irc_connect(gw_loop(bu->gw), &o, &net_cb, net);
+    free(cert);
 }
 
 struct bridge_net *bridge_net_get(struct bridge_user *bu, const char *server, const char *nick,

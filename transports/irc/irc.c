@@ -631,7 +631,12 @@ static SSL_CTX *client_ctx(bool verify, const char *cert, const char *tag)
     /* The result is judged after the handshake (conn_peer_cert_valid_for) so the log can say
      * why; the handshake itself never fails on the certificate. */
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
-    if (verify) {
+    SSL_CTX *base = verify && cert ? client_ctx(true, NULL, tag) : NULL;
+    if (base) {
+        /* Per-user client certificates (SASL EXTERNAL) share the one trust store instead of
+         * parsing the CA bundle again for every user (~150 certificates each time). */
+        SSL_CTX_set1_cert_store(ctx, SSL_CTX_get_cert_store(base));
+    } else if (verify) {
         /* The system store; OpenSSL's SSL_CERT_FILE / SSL_CERT_DIR override it (a private CA). */
         int ok = access(IRC_CA_FILE, R_OK) == 0 && !getenv("SSL_CERT_FILE") &&
                          !getenv("SSL_CERT_DIR")
@@ -1144,6 +1149,20 @@ static bool handle_sasl_numeric(struct irc_conn *c, const struct irc_msg *m)
     case '4': /* ERR_SASLFAIL */
     case '5': /* ERR_SASLTOOLONG */
     case '6': /* ERR_SASLABORTED */
+        if (strcmp(c->sasl_mech, "EXTERNAL") == 0) {
+            /* A certificate the network does not know yet (its fingerprint is registered with
+             * NickServ CERT ADD from a connection that presents it): IRCv3 sasl-3.1 lets the
+             * client end negotiation and register unauthenticated; the NickServ fallback and
+             * the certificate itself (services identify a known fingerprint on connect) are
+             * still there. The numeric is handed on so that the user learns why. */
+            c->sasl_running = false;
+            log_info(c->tag, "SASL EXTERNAL failed (%s); continuing without", cmd);
+            if (c->cb.message)
+                c->cb.message(c, c->ud, m);
+            if (!c->finished && !c->quitting)
+                cap_end(c);
+            break;
+        }
         finish(c, "SASL authentication failed", false);
         break;
     default:
@@ -1486,6 +1505,11 @@ struct irc_conn *irc_connect(struct ev_loop *loop, const struct irc_conn_opts *o
     } else if (opts->sasl_mechanism && *opts->sasl_mechanism) {
         log_warn(c->tag, "SASL mechanism %s not supported; not using SASL", opts->sasl_mechanism);
     }
+    /* EXTERNAL authenticates with what the TLS layer presented (IRCv3 sasl-3.1, RFC 4422
+     * Appendix A): without TLS and a client certificate it can only fail, or worse, succeed on
+     * some other credential of the connection. */
+    bool external_unusable = c->sasl_mech && strcmp(c->sasl_mech, "EXTERNAL") == 0 &&
+                             (!c->tls || !c->client_cert || !*c->client_cert);
     c->burst = opts->flood_burst ? opts->flood_burst : 5;
     c->interval_ms = opts->flood_interval_ms ? opts->flood_interval_ms : 2000;
     c->keepalive_ms = (opts->keepalive_s ? opts->keepalive_s : 120) * 1000u;
@@ -1499,6 +1523,10 @@ struct irc_conn *irc_connect(struct ev_loop *loop, const struct irc_conn_opts *o
     irc_line_reader_init(&c->reader);
     if (!*c->host || !*c->nick_opt) {
         finish(c, !*c->host ? "no server host" : "no nick", false);
+        return c;
+    }
+    if (external_unusable) {
+        finish(c, "SASL EXTERNAL needs TLS and a client certificate", false);
         return c;
     }
     c->rq = resolver_addresses(c->host, c->port, on_resolved, c);

@@ -80,7 +80,9 @@ struct irc_conn_cb {
      * except PING and CAP/AUTHENTICATE traffic, which the stack handles. */
     void (*message)(struct irc_conn *c, void *ud, const struct irc_msg *m);
     /* The connection ended or never came up: DNS failure, refused, TLS or certificate failure,
-     * SASL failure (904/905 → "SASL authentication failed"), nick unavailable, ERROR from the
+     * SASL PLAIN failure (904/905 → "SASL authentication failed"; a failed EXTERNAL does not
+     * close: the numeric goes to message() and registration goes on, NickServ IDENTIFY being the
+     * fallback), nick unavailable, ERROR from the
      * server, ping timeout, or irc_quit() done. Called exactly once, never from inside an irc_*
      * call; the irc_conn is freed after it returns. */
     void (*closed)(struct irc_conn *c, void *ud, const char *reason);
