@@ -112,6 +112,14 @@ def ping(raw, to=h.DOMAIN, ns=C):
         got.append(el)
 
 
+def until_message(raw):
+    """Reads until the first jabber:client <message/>; returns every element read, it last."""
+    got = []
+    while not got or got[-1].tag != C + 'message':
+        got.append(raw.next())
+    return got
+
+
 def error_condition(el):
     err = el.find(C + 'error')
     if err is None:
@@ -212,7 +220,10 @@ def test_raw_routing_both_directions_and_subdomains():
     # component → user, from a JID under a subdomain
     comp.send("<message from='nick@sub.%s' to='%s' id='s2' type='chat'><body>hello</body>"
               "</message>" % (PLAIN, full))
-    got = ping(u)
+    # A ping on u's own stream does not order it after the component's stream: wait for the
+    # message, then the round trip collects anything else it brought.
+    got = until_message(u)
+    got += ping(u)
     msgs = [e for e in got if e.tag == C + 'message']
     check(len(msgs) == 1 and msgs[0].get('from') == 'nick@sub.' + PLAIN
           and msgs[0].findtext(C + 'body') == 'hello',
@@ -416,7 +427,10 @@ async def test_supervised_component_restarts_after_sigkill():
     try:
         connected = 'component %s connected' % dom
         h.wait_until(lambda: s.log().count(connected) >= 1, 20, 'the component to connect')
-        check('echo component' in s.log(), 'the child\'s stdout should be in our log')
+        # The child prints once its own session started, i.e. after the server logged the
+        # handshake: wait for the line rather than expect it already there.
+        h.wait_until(lambda: 'echo component' in s.log(), h.IO_TIMEOUT,
+                     'the child\'s stdout in our log')
         jid, pw = s.new_user('sv')
         c = await h.connect(s, jid, pw)
         pid1 = await _echo(c, dom, 'first')
@@ -430,4 +444,5 @@ async def test_supervised_component_restarts_after_sigkill():
         await c.close()
     finally:
         s.stop()
-    h.wait_until(lambda: not _pid_alive(pid2), 5, 'the component to stop with the server')
+    h.wait_until(lambda: not _pid_alive(pid2), h.IO_TIMEOUT,
+                 'the component to stop with the server')

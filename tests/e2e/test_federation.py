@@ -14,6 +14,7 @@ import asyncio
 import xml.etree.ElementTree as ET
 import base64
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -437,13 +438,18 @@ def _raw_user():
     return raw, full
 
 
-def _drain(raw, quiet=0.5):
+def _drain(raw):
+    """A ping round trip: returns what arrived before its result (e.g. the presence echo),
+    so that nothing sent in answer to earlier stanzas can arrive later. (A quiet period is no
+    proof: a loaded server may answer after it.)"""
+    raw.send("<iq type='get' id='drain' to='%s'><ping xmlns='urn:xmpp:ping'/></iq>" % P.OURS)
     got = []
     while True:
-        try:
-            got.append(raw.next(quiet))
-        except h.TestFailure:
+        el = raw.next()
+        if el.tag == '{jabber:client}iq' and el.get('id') == 'drain':
+            check(el.get('type') == 'result', 'ping: %s' % h.ET.tostring(el))
             return got
+        got.append(el)
 
 
 def test_forged_dialback_key_is_rejected():
@@ -484,7 +490,8 @@ def test_forged_dialback_key_is_rejected():
         user.expect_silence(1.5)
         # The verdict came from the authoritative server, not from a guess (XEP-0220 §2.3).
         h.wait_until(lambda: 'Asked to verify a dialback key that was incorrect'
-                     in prosody.log()[mark:], 5, 'Prosody to be asked about the forged key')
+                     in prosody.log()[mark:], h.IO_TIMEOUT,
+                     'Prosody to be asked about the forged key')
     finally:
         s.close()
         user.close()
@@ -646,7 +653,13 @@ async def test_stopped_peer_bounces():
     await expect_message(e, a_jid + '/r', 'before')
     e.abort()
     ej.stop()
-    await asyncio.sleep(0.5)
+    # Our outgoing link to ej.test must have noticed the close before the next message is
+    # routed (else it is written to a dead connection); the log says so.
+    links = set(re.findall(r'\[(s2s\w*#\d+)\] %s -> %s authenticated'
+                           % (re.escape(P.OURS), re.escape(P.EJ_DOMAIN)), ours.log()))
+    check(links, 'no authenticated link %s -> %s in our log' % (P.OURS, P.EJ_DOMAIN))
+    await wait_for(lambda: all('[%s] closed: ' % t in ours.log() for t in links), S2S_WAIT,
+                   'our links to %s to close: %s' % (P.EJ_DOMAIN, sorted(links)))
     _, elapsed = await expect_bounce(a, e_jid, ('remote-server-not-found',
                                                 'remote-server-timeout'), CONNECT_TIMEOUT + 15)
     check(elapsed < CONNECT_TIMEOUT + 5, 'bounce took %.1fs' % elapsed)

@@ -48,7 +48,7 @@ class RawUser:
         try:
             self.raw.send('</stream:stream>')
             while True:
-                self.inbox.append(self.raw.next(5))
+                self.inbox.append(self.raw.next(h.IO_TIMEOUT))
         except (OSError, h.StreamClosed):
             pass
         self.raw.close()

@@ -370,7 +370,7 @@ def test_stanza_before_bind_refused():
         raw.open()
         raw.send("<message to='%s'><body>unbound</body></message>" % user)
         try:
-            el = raw.next(timeout=5)
+            el = raw.next(timeout=h.IO_TIMEOUT)
         except h.StreamClosed:
             return
         ok = (el.tag == '{%s}error' % h.NS_STREAM) or el.get('type') == 'error'
@@ -389,12 +389,23 @@ async def test_hibernated_streams_wake_up():
         b = await h.connect(s, b_jid + '/b', b_pw)
         got = asyncio.Queue()
         b.add_event_handler('message', lambda m: got.put_nowait(m['body']))
-        for round_ in range(2):
-            await asyncio.sleep(2.5)  # both streams hibernate
+        loop = asyncio.get_running_loop()
+
+        async def naps_reach(n):
+            # Hibernation is a timer of the server's; a loaded server takes longer than
+            # hibernate_after, so wait for the log to say it happened rather than sleep.
+            deadline = loop.time() + h.IO_TIMEOUT
+            while s.log().count('XML parser released') < n:
+                check(loop.time() < deadline, 'streams hibernated %d times, waited for %d'
+                      % (s.log().count('XML parser released'), n))
+                await asyncio.sleep(0.05)
+        # a's stream sleeps, wakes to send, sleeps again; b only receives, so it sleeps once:
+        # both streams hibernate before the first message, a's again before the second.
+        for round_, naps in ((0, 2), (1, 3)):
+            await naps_reach(naps)
             a.send_message(mto=b_jid + '/b', mbody='after nap %d' % round_, mtype='chat')
-            body = await asyncio.wait_for(got.get(), 10)
+            body = await asyncio.wait_for(got.get(), h.IO_TIMEOUT)
             check(body == 'after nap %d' % round_, 'got %r' % body)
-        # a's stream sleeps, wakes to send, sleeps again; b only receives, so it sleeps once.
         naps = s.log().count('XML parser released')
         check(naps >= 3, 'streams hibernated %d times' % naps)
         await a.close()

@@ -215,7 +215,7 @@ def test_r_and_a_exchange_and_handled_count_too_high():
         check(a.get('h') == '2', 'server handled two stanzas, said %s' % text(a))
         # The server asks on its own for an ack of what it sent (two ping results).
         if not c.requests:
-            el = c.raw.next(5)
+            el = c.raw.next(h.IO_TIMEOUT)
             check(el.tag == sm('r'), 'expected the server to request an ack, got %s' % text(el))
         c.ack()  # h = 2: fine
         c.ping('p3')
@@ -551,7 +551,8 @@ async def test_slixmpp_stream_management():
     before = log_count(srv, 'stream management on (resumable)')
     a = await h.connect(srv, a_user + '/sm', a_pw, plugins=('xep_0198',))
     b = await h.connect(srv, b_user, b_pw)
-    h.wait_until(lambda: log_count(srv, 'stream management on (resumable)') > before, 5,
+    h.wait_until(lambda: log_count(srv, 'stream management on (resumable)') > before,
+                 h.IO_TIMEOUT,
                  'slixmpp enabling resumable stream management')
     b.send_message(mto=a.boundjid, mbody='hi', mtype='chat')
     msg = await a.next_message()
