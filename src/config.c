@@ -173,6 +173,7 @@ static const struct directive directives[] = {
     {"gateway", "mail_default_subject", T_STRING, GW(mail_default_subject), 0, NULL, 0, 0, 0},
     {"gateway", "mail_workers", T_UINT, GW(mail_workers), 0, "4", 1, 64, 0},
     {"gateway", "mail_max_size", T_SIZE, GW(mail_max_size), 0, "10M", 1 * KIB, GIB, 0},
+    {"gateway", "mail_ca_file", T_PATH, GW(mail_ca_file), 0, NULL, 0, 0, 0},
     {"gateway", "purple_accounts_per_backend", T_UINT, GW(purple_accounts_per_backend), 0, "50", 1,
      10000, 0},
     {"gateway", "purple_protocols", T_STRING_LIST, GW(purple_protocols), GW(n_purple_protocols), "",

@@ -69,7 +69,8 @@
  *             sms_public_url, sms_secret (webhook secret), sms_default_country (1),
  *             sms_max_parts (6), sms_verify (true).
  *             Mail: mail_allow_plaintext (false), mail_poll_interval (60 s),
- *             mail_default_subject, mail_workers (4), mail_max_size (10M).
+ *             mail_default_subject, mail_workers (4), mail_max_size (10M), mail_ca_file
+ *             (the system CA store).
  *             libpurple: purple_accounts_per_backend (50), purple_protocols (empty = all)
  *   [irc-network NAME] (NAME = the IRC server name used in JIDs) address (NAME:6697),
  *             tls (true), tls_verify (true), password (server PASS)
@@ -163,6 +164,7 @@ struct config_gateway {
     char *mail_default_subject;
     unsigned mail_workers;       /* transfer threads */
     size_t mail_max_size;        /* largest mail fetched */
+    char *mail_ca_file;          /* CA bundle for IMAP/SMTP TLS; NULL: the system store */
     /* purple */
     unsigned purple_accounts_per_backend;
     char **purple_protocols;     /* empty: every installed protocol plugin */
