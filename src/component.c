@@ -507,10 +507,23 @@ void component_route(struct stanza *st)
 
 /* ---- supervised components ---- */
 
+static void take_output(struct comp *c, const char *chunk, size_t n);
+
+/* Reads what the child wrote and nobody read yet (the pipe is non-blocking): its last words
+ * before exiting, a sanitizer report among them, must reach the log. */
+static void drain_output(struct comp *c)
+{
+    char chunk[4096];
+    ssize_t n;
+    while (c->out_fd >= 0 && (n = read(c->out_fd, chunk, sizeof chunk)) > 0)
+        take_output(c, chunk, (size_t)n);
+}
+
 static void close_output(struct comp *c)
 {
     if (c->out_fd < 0)
         return;
+    drain_output(c);
     if (c->line.len) {
         log_info(c->tag, "%.*s", (int)c->line.len, c->line.data);
         buf_reset(&c->line);
@@ -534,7 +547,12 @@ static void on_output(struct ev_loop *loop, int fd, unsigned events, void *ud)
         close_output(c);
         return;
     }
-    for (ssize_t i = 0; i < n; i++) {
+    take_output(c, chunk, (size_t)n);
+}
+
+static void take_output(struct comp *c, const char *chunk, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
         if (chunk[i] == '\n' || c->line.len >= MAX_LOG_LINE) {
             if (c->line.len)
                 log_info(c->tag, "%.*s", (int)c->line.len, c->line.data);
@@ -803,6 +821,8 @@ static void stop_children(void)
                 c->pid = 0;
             any |= c->pid > 0;
         }
+        for (size_t i = 0; i < ncomps; i++)
+            drain_output(&comps[i]); /* a child blocked on a full pipe could not exit */
         if (!any)
             break;
         if (now_ms() >= deadline) {
