@@ -6,24 +6,19 @@
  * are built per call. */
 #include "isthmus/storage.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <sqlite3.h>
 
 #include "isthmus/log.h"
+#include "isthmus/sqldb.h"
 #include "isthmus/util.h"
 
 #define TAG "storage"
 #define ARCHIVE_ID_LEN 16
-#define BUSY_TIMEOUT_MS 5000
-#define JOURNAL_SIZE_LIMIT (64 * 1024 * 1024)
 
 /* schema_steps[i] takes a database from user_version i to i + 1. Append only: a step that has
  * shipped is never edited, because databases in the field have already run it. */
@@ -41,7 +36,6 @@ static const char *const schema_steps[] = {
     "CREATE INDEX archive_by_with ON archive (host, user, store, \"with\", seq);"
     "CREATE INDEX archive_by_when ON archive (host, store, \"when\");",
 };
-#define SCHEMA_VERSION ((int)ARRAY_LEN(schema_steps))
 
 enum stmt {
     S_BEGIN,
@@ -110,16 +104,6 @@ struct storage {
     bool group;    /* storage_set_group_commit: writes join one transaction until flush */
     bool implicit; /* that transaction is open */
 };
-
-PRINTF_LIKE(3, 4) static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static int db_fail(struct storage *st, const char *what)
 {
@@ -254,130 +238,14 @@ static int exec_stmt(struct storage *st, enum stmt which)
     return rc;
 }
 
-/* ---- opening and schema ---- */
-
-static int pragma_int(sqlite3 *db, const char *sql, int64_t *out)
-{
-    sqlite3_stmt *s;
-    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
-        return -1;
-    int rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW)
-        *out = sqlite3_column_int64(s, 0);
-    sqlite3_finalize(s);
-    return rc == SQLITE_ROW ? 0 : -1;
-}
-
-static int exec_sql(sqlite3 *db, const char *sql, const char *path, char *err, size_t errlen)
-{
-    char *msg = NULL;
-    if (sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK)
-        return 0;
-    set_err(err, errlen, "%s: %s", path, msg ? msg : sqlite3_errmsg(db));
-    sqlite3_free(msg);
-    return -1;
-}
-
-/* Applies the missing schema steps, one transaction each, so a crash leaves a database at some
- * whole version. The version is read again inside BEGIN IMMEDIATE so two processes opening the
- * same file at once cannot both run a step. */
-static int migrate(sqlite3 *db, const char *path, char *err, size_t errlen)
-{
-    /* The common case, an up-to-date schema, takes no write lock: another connection may be in
-     * the middle of a write transaction. */
-    int64_t current;
-    if (pragma_int(db, "PRAGMA user_version", &current) == 0 && current == SCHEMA_VERSION)
-        return 0;
-    for (;;) {
-        if (exec_sql(db, "BEGIN IMMEDIATE", path, err, errlen) != 0)
-            return -1;
-        int64_t version;
-        if (pragma_int(db, "PRAGMA user_version", &version) != 0) {
-            set_err(err, errlen, "%s: %s", path, sqlite3_errmsg(db));
-            goto fail;
-        }
-        if (version > SCHEMA_VERSION || version < 0) {
-            set_err(err, errlen,
-                    "%s: database schema version %lld is newer than this build supports (%d)", path,
-                    (long long)version, SCHEMA_VERSION);
-            goto fail;
-        }
-        if (version == SCHEMA_VERSION)
-            return exec_sql(db, "COMMIT", path, err, errlen);
-        char set_version[64];
-        snprintf(set_version, sizeof set_version, "PRAGMA user_version = %d", (int)version + 1);
-        if (exec_sql(db, schema_steps[version], path, err, errlen) != 0 ||
-            exec_sql(db, set_version, path, err, errlen) != 0 ||
-            exec_sql(db, "COMMIT", path, err, errlen) != 0)
-            goto fail;
-        log_info(TAG, "%s: schema migrated to version %d", path, (int)version + 1);
-    }
-fail:
-    if (!sqlite3_get_autocommit(db))
-        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-    return -1;
-}
-
-static int configure(sqlite3 *db, const char *path, char *err, size_t errlen)
-{
-    sqlite3_extended_result_codes(db, 1);
-    sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
-
-    /* The first statement reads the file header: a file that is not a database fails here. */
-    sqlite3_stmt *s;
-    if (sqlite3_prepare_v2(db, "PRAGMA journal_mode = WAL", -1, &s, NULL) != SQLITE_OK) {
-        set_err(err, errlen, "%s: %s", path, sqlite3_errmsg(db));
-        return -1;
-    }
-    int rc = sqlite3_step(s);
-    if (rc != SQLITE_ROW) {
-        set_err(err, errlen, "%s: %s", path, sqlite3_errmsg(db));
-        sqlite3_finalize(s);
-        return -1;
-    }
-    const char *mode = (const char *)sqlite3_column_text(s, 0);
-    if (!mode || strcmp(mode, "wal") != 0)
-        log_warn(TAG, "%s: journal mode is %s, not wal", path, mode ? mode : "unknown");
-    sqlite3_finalize(s);
-
-    /* Debian builds with DEFAULT_WAL_SYNCHRONOUS=FULL; NORMAL in WAL mode is still corruption-
-     * free and loses at most the last transactions on power loss (sqlite.org/wal.html). */
-    char sql[160];
-    snprintf(sql, sizeof sql,
-             "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
-             " PRAGMA journal_size_limit = %d;",
-             JOURNAL_SIZE_LIMIT);
-    return exec_sql(db, sql, path, err, errlen);
-}
+/* ---- opening ---- */
 
 struct storage *storage_open(const char *path, char *err, size_t errlen)
 {
-    if (!path || !*path) {
-        set_err(err, errlen, "no database path");
+    sqlite3 *db = sqldb_open(path, schema_steps, ARRAY_LEN(schema_steps), SQLDB_FOREIGN_KEYS, TAG,
+                             err, errlen);
+    if (!db)
         return NULL;
-    }
-    /* Create the file ourselves so that it starts 0600 whatever the umask; SQLite gives the
-     * -wal and -shm files the database file's mode. */
-    if (strcmp(path, ":memory:") != 0) {
-        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-        if (fd < 0) {
-            set_err(err, errlen, "%s: %s", path, strerror(errno));
-            return NULL;
-        }
-        close(fd);
-    }
-    sqlite3 *db = NULL;
-    int rc = sqlite3_open_v2(
-        path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
-    if (rc != SQLITE_OK) {
-        set_err(err, errlen, "%s: %s", path, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-        sqlite3_close(db);
-        return NULL;
-    }
-    if (configure(db, path, err, errlen) != 0 || migrate(db, path, err, errlen) != 0) {
-        sqlite3_close(db);
-        return NULL;
-    }
     struct storage *st = xcalloc(1, sizeof *st);
     st->db = db;
     return st;
@@ -413,10 +281,10 @@ int storage_get_info(struct storage *st, struct storage_info *info)
                  (const char *)sqlite3_column_text(s, 0));
     sqlite3_finalize(s);
     int64_t sync, fk, version;
-    if (pragma_int(st->db, "PRAGMA synchronous", &sync) != 0 ||
-        pragma_int(st->db, "PRAGMA foreign_keys", &fk) != 0 ||
-        pragma_int(st->db, "PRAGMA journal_size_limit", &info->journal_size_limit) != 0 ||
-        pragma_int(st->db, "PRAGMA user_version", &version) != 0)
+    if (sqldb_pragma_int(st->db, "PRAGMA synchronous", &sync) != 0 ||
+        sqldb_pragma_int(st->db, "PRAGMA foreign_keys", &fk) != 0 ||
+        sqldb_pragma_int(st->db, "PRAGMA journal_size_limit", &info->journal_size_limit) != 0 ||
+        sqldb_pragma_int(st->db, "PRAGMA user_version", &version) != 0)
         return db_fail(st, "pragma");
     info->synchronous = (int)sync;
     info->foreign_keys = (int)fk;

@@ -22,11 +22,10 @@
 #include <sqlite3.h>
 
 #include "isthmus/log.h"
+#include "isthmus/sqldb.h"
 #include "isthmus/util.h"
 
 #define TAG "gw_store"
-#define BUSY_TIMEOUT_MS 5000
-#define JOURNAL_SIZE_LIMIT (64 * 1024 * 1024)
 #define SEAL_NONCE_LEN 12
 #define SEAL_TAG_LEN 16
 /* Far above any password; keeps every length an int for EVP. */
@@ -301,144 +300,25 @@ static int finish(struct gw_store *st, int rc)
 
 /* ---- opening: schema ---- */
 
-static int exec_sql(sqlite3 *db, const char *sql, const char *path, char *err, size_t errlen)
-{
-    char *msg = NULL;
-    if (sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK)
-        return 0;
-    set_err(err, errlen, "%s: %s", path, msg ? msg : sqlite3_errmsg(db));
-    sqlite3_free(msg);
-    return -1;
-}
-
-static int pragma_int(sqlite3 *db, const char *sql, int64_t *out)
-{
-    sqlite3_stmt *s;
-    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
-        return -1;
-    int rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW)
-        *out = sqlite3_column_int64(s, 0);
-    sqlite3_finalize(s);
-    return rc == SQLITE_ROW ? 0 : -1;
-}
-
-/* Version 0 → 1: the first schema. archive.seq orders the archive and is never reused
- * (AUTOINCREMENT), so RSM positions stay valid across expiry; when_us ties do not matter. */
-static int migrate_to_1(sqlite3 *db, const char *path, char *err, size_t errlen)
-{
-    return exec_sql(db,
-                    "CREATE TABLE registrations (jid TEXT NOT NULL, key TEXT NOT NULL,"
-                    " value TEXT NOT NULL, secret INTEGER NOT NULL DEFAULT 0,"
-                    " PRIMARY KEY (jid, key));"
-                    "CREATE TABLE settings (jid TEXT NOT NULL, key TEXT NOT NULL,"
-                    " value TEXT NOT NULL, PRIMARY KEY (jid, key));"
-                    "CREATE TABLE contacts (jid TEXT NOT NULL, contact TEXT NOT NULL, name TEXT,"
-                    " PRIMARY KEY (jid, contact));"
-                    "CREATE TABLE archive (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-                    " jid TEXT NOT NULL, \"with\" TEXT NOT NULL, id TEXT NOT NULL,"
-                    " when_us INTEGER NOT NULL, xml TEXT NOT NULL, UNIQUE (jid, id));"
-                    "CREATE INDEX archive_by_with ON archive (jid, \"with\", seq);"
-                    "CREATE INDEX archive_by_when ON archive (when_us);"
-                    "CREATE TABLE state (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);",
-                    path, err, errlen);
-}
-
-/* migrations[i] takes a database from user_version i to i + 1. Append only: a step that has
- * shipped is never edited, databases in the field have run it. */
-static int (*const migrations[])(sqlite3 *db, const char *path, char *err, size_t errlen) = {
-    migrate_to_1,
+/* schema_steps[i] takes a database from user_version i to i + 1 (see sqldb_open). Append only: a
+ * step that has shipped is never edited, databases in the field have run it. */
+static const char *const schema_steps[] = {
+    /* The first schema. archive.seq orders the archive and is never reused (AUTOINCREMENT), so
+     * RSM positions stay valid across expiry; when_us ties do not matter. */
+    "CREATE TABLE registrations (jid TEXT NOT NULL, key TEXT NOT NULL,"
+    " value TEXT NOT NULL, secret INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (jid, key));"
+    "CREATE TABLE settings (jid TEXT NOT NULL, key TEXT NOT NULL,"
+    " value TEXT NOT NULL, PRIMARY KEY (jid, key));"
+    "CREATE TABLE contacts (jid TEXT NOT NULL, contact TEXT NOT NULL, name TEXT,"
+    " PRIMARY KEY (jid, contact));"
+    "CREATE TABLE archive (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " jid TEXT NOT NULL, \"with\" TEXT NOT NULL, id TEXT NOT NULL,"
+    " when_us INTEGER NOT NULL, xml TEXT NOT NULL, UNIQUE (jid, id));"
+    "CREATE INDEX archive_by_with ON archive (jid, \"with\", seq);"
+    "CREATE INDEX archive_by_when ON archive (when_us);"
+    "CREATE TABLE state (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);",
 };
-#define SCHEMA_VERSION ((int64_t)ARRAY_LEN(migrations))
-
-/* One transaction per step, so a crash leaves some whole version. The version is read again
- * under BEGIN IMMEDIATE so two processes opening the file at once cannot both run a step. */
-static int migrate(sqlite3 *db, const char *path, char *err, size_t errlen)
-{
-    int64_t version;
-    if (pragma_int(db, "PRAGMA user_version", &version) == 0 && version == SCHEMA_VERSION)
-        return 0;
-    for (;;) {
-        if (exec_sql(db, "BEGIN IMMEDIATE", path, err, errlen) != 0)
-            return -1;
-        if (pragma_int(db, "PRAGMA user_version", &version) != 0) {
-            set_err(err, errlen, "%s: %s", path, sqlite3_errmsg(db));
-            goto fail;
-        }
-        if (version < 0 || version > SCHEMA_VERSION) {
-            set_err(err, errlen,
-                    "%s: database schema version %lld is newer than this build knows (%lld)", path,
-                    (long long)version, (long long)SCHEMA_VERSION);
-            goto fail;
-        }
-        if (version == SCHEMA_VERSION)
-            return exec_sql(db, "COMMIT", path, err, errlen);
-        char set_version[64];
-        snprintf(set_version, sizeof set_version, "PRAGMA user_version = %lld",
-                 (long long)version + 1);
-        if (migrations[version](db, path, err, errlen) != 0 ||
-            exec_sql(db, set_version, path, err, errlen) != 0 ||
-            exec_sql(db, "COMMIT", path, err, errlen) != 0)
-            goto fail;
-        log_info(TAG, "%s: schema migrated to version %lld", path, (long long)version + 1);
-    }
-fail:
-    if (!sqlite3_get_autocommit(db))
-        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-    return -1;
-}
-
-static int configure(sqlite3 *db, const char *path, char *err, size_t errlen)
-{
-    sqlite3_extended_result_codes(db, 1);
-    sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
-    /* The first statement reads the header: a file that is not a database fails here. */
-    sqlite3_stmt *s;
-    if (sqlite3_prepare_v2(db, "PRAGMA journal_mode = WAL", -1, &s, NULL) != SQLITE_OK) {
-        set_err(err, errlen, "%s: %s", path, sqlite3_errmsg(db));
-        return -1;
-    }
-    if (sqlite3_step(s) != SQLITE_ROW) {
-        set_err(err, errlen, "%s: %s", path, sqlite3_errmsg(db));
-        sqlite3_finalize(s);
-        return -1;
-    }
-    const char *mode = (const char *)sqlite3_column_text(s, 0);
-    if (!mode || strcmp(mode, "wal") != 0)
-        log_warn(TAG, "%s: journal mode is %s, not wal", path, mode ? mode : "unknown");
-    sqlite3_finalize(s);
-    /* NORMAL in WAL mode cannot corrupt; power loss may lose the last commits
-     * (sqlite.org/wal.html). */
-    char sql[128];
-    snprintf(sql, sizeof sql, "PRAGMA synchronous = NORMAL; PRAGMA journal_size_limit = %d;",
-             JOURNAL_SIZE_LIMIT);
-    return exec_sql(db, sql, path, err, errlen);
-}
-
-static sqlite3 *open_db(const char *path, char *err, size_t errlen)
-{
-    /* Created here so that it starts 0600 whatever the umask; SQLite gives -wal and -shm the
-     * database file's mode. */
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        set_err(err, errlen, "%s: %s", path, strerror(errno));
-        return NULL;
-    }
-    close(fd);
-    sqlite3 *db = NULL;
-    int rc = sqlite3_open_v2(
-        path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
-    if (rc != SQLITE_OK) {
-        set_err(err, errlen, "%s: %s", path, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-        sqlite3_close(db);
-        return NULL;
-    }
-    if (configure(db, path, err, errlen) != 0 || migrate(db, path, err, errlen) != 0) {
-        sqlite3_close(db);
-        return NULL;
-    }
-    return db;
-}
 
 /* ---- opening: the key file ---- */
 
@@ -595,7 +475,7 @@ struct gw_store *gw_store_open(const char *db_path, const char *key_path, char *
         set_err(err, errlen, "gateway store: no database or key file path");
         return NULL;
     }
-    sqlite3 *db = open_db(db_path, err, errlen);
+    sqlite3 *db = sqldb_open(db_path, schema_steps, ARRAY_LEN(schema_steps), 0, TAG, err, errlen);
     if (!db)
         return NULL;
     struct gw_store *st = xcalloc(1, sizeof *st);
