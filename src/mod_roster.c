@@ -439,7 +439,25 @@ static const char *roster_set_iq(struct iq_request *req)
         }
     }
     /* Name and groups come from the client; subscription, ask and approved never do
-     * (RFC 6121 §2.1.2). */
+     * (RFC 6121 §2.1.2). A privileged entity (XEP-0356) is not the user's client: a gateway
+     * putting its legacy contacts in the roster sets the subscription it knows, as ejabberd and
+     * Prosody's mod_privilege let it. */
+    const char *sub = stanza_attr(item, "subscription");
+    if (!jid_bare_equal(req->from, req->to) && sub) {
+        int k = -1;
+        for (int i = 0; i < 4; i++)
+            if (strcmp(sub, sub_names[i]) == 0)
+                k = i;
+        if (k < 0) {
+            roster_item_fini(&it);
+            return "bad-request";
+        }
+        it.sub = (enum roster_sub)k;
+        if (it.sub == ROSTER_TO || it.sub == ROSTER_BOTH)
+            it.ask = false;
+        if (it.sub == ROSTER_FROM || it.sub == ROSTER_BOTH)
+            it.pending_in = false;
+    }
     const char *name = stanza_attr(item, "name");
     if (name && strlen(name) > MAX_NAME) {
         roster_item_fini(&it);

@@ -344,6 +344,29 @@ async def test_xep0356_roster_set_pushes_to_user():
     r = await comp['xep_0356'].get_roster(jid, timeout=h.IO_TIMEOUT)
     check('friend@example.org' in r['roster']['items'],
           'privileged roster get: %s' % r)
+    # A privileged entity is not a client: the subscription it sets is kept (a gateway puts
+    # its contacts in with subscription both), unlike a client's (RFC 6121 §2.1.2).
+    both = c.loop.create_future()
+
+    def on_both(iq):
+        items = iq['roster']['items']
+        if items.get('legacy@example.org', {}).get('subscription') == 'both' and not both.done():
+            both.set_result(True)
+    c.add_event_handler('roster_update', on_both)
+    await comp['xep_0356'].set_roster(jid, {'legacy@example.org': {
+        'name': 'Legacy', 'subscription': 'both', 'groups': []}}, timeout=h.IO_TIMEOUT)
+    await asyncio.wait_for(both, h.IO_TIMEOUT)
+    r = await comp['xep_0356'].get_roster(jid, timeout=h.IO_TIMEOUT)
+    check(r['roster']['items']['legacy@example.org']['subscription'] == 'both',
+          'the privileged subscription should be kept: %s' % r)
+    await c.get_roster()
+    check(c.client_roster['legacy@example.org']['subscription'] == 'both',
+          'the user sees subscription both')
+    # The user's own client still cannot set a subscription.
+    await c.update_roster('mine@example.org', name='Mine', subscription='both')
+    await c.get_roster()
+    check(c.client_roster['mine@example.org']['subscription'] == 'none',
+          'a client-set subscription must be ignored')
     await stop_component(comp)
     await c.close()
 
