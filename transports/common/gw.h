@@ -59,6 +59,7 @@
 #define NS_CHATSTATES "http://jabber.org/protocol/chatstates"
 
 struct gw;
+struct gw_reg_check;
 
 /* A registration / settings form field (XEP-0004), also shown as a legacy XEP-0077 field when
  * legacy is set. */
@@ -170,7 +171,22 @@ struct gw_driver {
     void (*disco_items)(struct gw *gw, struct gw_user *u, struct stanza *query);
     /* An admin "info" line for a user (connection state): malloc'd text, may be NULL. */
     char *(*user_info)(struct gw *gw, struct gw_user *u);
+    /* Available presence from a registered user's resource to the gateway domain, after the
+     * §4.4 login (so the driver sees every show/status change). May be NULL. */
+    void (*presence)(struct gw *gw, struct gw_user *u, const struct stanza *p);
+    /* Optional (XEP-0100 §4.1): a real login attempt with a submitted registration (new or
+     * changed) after validate accepted it, before it is stored or the iq answered. The driver
+     * ends it later, exactly once, with gw_reg_check_done (also when shutting down). values are
+     * only valid during the call. May be NULL. */
+    void (*check_registration)(struct gw *gw, const char *jid, const struct gw_kv *values,
+                               size_t n, struct gw_reg_check *check);
 };
+
+/* Ends a check_registration: cond NULL stores the registration and answers with a result (then
+ * the §4.1 subscription as usual); else the iq gets the error cond (e.g. not-authorized,
+ * remote-server-not-found, remote-server-timeout) with text (may be NULL). */
+void gw_reg_check_done(struct gw *gw, struct gw_reg_check *check, const char *cond,
+                       const char *text);
 
 /* ---- the framework's entry point (a gateway's main() is one call) ---- */
 /* Parses argv (-c CONFIG -n NAME, -t to check the config only, -h), loads the config (a standalone

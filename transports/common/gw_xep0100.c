@@ -362,6 +362,48 @@ static void unregister(struct gw *gw, struct gw_user *u)
     log_info(gw->tag, "%s unregistered", u->jid);
 }
 
+struct gw_reg_check {
+    struct stanza *iq;
+    char *jid;
+    struct gw_kv *reg;
+    size_t n_reg;
+    const char **secret;
+};
+
+/* Stores a registration that passed the checks and answers iq (takes reg and secret). */
+static void register_store(struct gw *gw, struct gw_user *u, const struct stanza *iq,
+                           struct gw_kv *reg, size_t n_reg, const char **secret)
+{
+    const struct gw_driver *d = gw->driver;
+    int rc = gw_store_reg_put(gw->store, u->jid, reg, n_reg, secret);
+    gw_kv_free(reg, n_reg);
+    free(secret);
+    if (rc < 0) {
+        gw_send_error(gw, iq, "internal-server-error", "The registration could not be stored");
+        return;
+    }
+    bool was = u->registered;
+    gw_user_load_registration(gw, u);
+    send_result(gw, iq, NULL);
+    log_info(gw->tag, "%s %s", u->jid, was ? "changed the registration" : "registered");
+    if (!was) {
+        /* XEP-0100 §4.1.1 step 10: the gateway asks for the user's presence. With XEP-0356
+         * roster access the item goes straight in, and a probe fetches the presence. */
+        if (has_roster_privilege_for(gw, u->jid)) {
+            roster_push(gw, u->jid, gw->domain, "both", d->name, NULL);
+            send_presence(gw, u->jid, "probe");
+        } else {
+            send_presence(gw, u->jid, "subscribe");
+        }
+    } else if (u->logged_in) {
+        gw_user_logout(gw, u, "registration changed");
+        if (u->n_resources && d->login) {
+            u->logged_in = true;
+            d->login(gw, u);
+        }
+    }
+}
+
 static void register_set(struct gw *gw, struct gw_user *u, const struct stanza *iq,
                          const struct stanza *query)
 {
@@ -424,40 +466,46 @@ static void register_set(struct gw *gw, struct gw_user *u, const struct stanza *
     } else if (d->validate) {
         cond = d->validate(gw, u->jid, reg, n_reg, text, sizeof text);
     }
-    if (!cond && gw_store_reg_put(gw->store, u->jid, reg, n_reg, secret) < 0) {
-        cond = "internal-server-error";
-        snprintf(text, sizeof text, "The registration could not be stored");
-    }
     gw_kv_free(vals, n);
-    gw_kv_free(reg, n_reg);
-    free(secret);
+    if (!cond && d->check_registration) {
+        /* XEP-0100 §4.1: a real login attempt first; answered in gw_reg_check_done */
+        struct gw_reg_check *c = xcalloc(1, sizeof *c);
+        c->iq = stanza_copy(iq);
+        c->jid = xstrdup(u->jid);
+        c->reg = reg;
+        c->n_reg = n_reg;
+        c->secret = secret;
+        d->check_registration(gw, u->jid, reg, n_reg, c);
+        return;
+    }
     if (cond) {
+        gw_kv_free(reg, n_reg);
+        free(secret);
         gw_send_error(gw, iq, cond, text[0] ? text : NULL);
         return;
     }
-    bool was = u->registered;
-    gw_user_load_registration(gw, u);
-    send_result(gw, iq, NULL);
-    log_info(gw->tag, "%s %s", u->jid, was ? "changed the registration" : "registered");
-    if (!was) {
-        /* XEP-0100 §4.1.1 step 10: the gateway asks for the user's presence. With XEP-0356
-         * roster access the item goes straight in, and a probe fetches the presence. */
-        if (has_roster_privilege_for(gw, u->jid)) {
-            roster_push(gw, u->jid, gw->domain, "both", d->name, NULL);
-            send_presence(gw, u->jid, "probe");
-        } else {
-            send_presence(gw, u->jid, "subscribe");
-        }
-    } else if (u->logged_in) {
-        gw_user_logout(gw, u, "registration changed");
-        if (u->n_resources && d->login) {
-            u->logged_in = true;
-            d->login(gw, u);
-        }
-    }
+    register_store(gw, u, iq, reg, n_reg, secret);
 }
 
-/* ---- XEP-0100 §6.3 jabber:iq:gateway ---- */
+void gw_reg_check_done(struct gw *gw, struct gw_reg_check *c, const char *cond,
+                       const char *text)
+{
+    if (cond) {
+        gw_send_error(gw, c->iq, cond, text && *text ? text : NULL);
+        gw_kv_free(c->reg, c->n_reg);
+        free(c->secret);
+    } else {
+        struct gw_user *u = gw_user_get(gw, c->jid);
+        gw_user_hold(u);
+        register_store(gw, u, c->iq, c->reg, c->n_reg, c->secret);
+        gw_user_release(gw, u);
+    }
+    stanza_free(c->iq);
+    free(c->jid);
+    free(c);
+}
+
+/* ---- XEP-0100 §6.3 jabber:iq:gateway ---- *//* ---- XEP-0100 §6.3 jabber:iq:gateway ---- */
 
 static void gateway_iq(struct gw *gw, const struct stanza *iq, const struct stanza *query,
                        bool set)
@@ -732,6 +780,8 @@ static void domain_presence(struct gw *gw, struct gw_user *u, const struct stanz
                 u->logged_in = true;
                 gw->driver->login(gw, u);  /* §4.4 */
             }
+            if (u->logged_in && gw->driver->presence)
+                gw->driver->presence(gw, u, p);
         }
     } else if (strcmp(type, "unavailable") == 0 || strcmp(type, "error") == 0) {
         if (from_has_resource)
