@@ -7,6 +7,11 @@ function or a coroutine function (then it runs on a fresh event loop). Each test
 (module attribute TIMEOUT or the test's own .timeout, default 60 s). After every test each running
 server must still be alive with no sanitizer report in its log. Prints PASS/FAIL lines and ends
 with "e2e: N passed, N failed"; exits 1 if anything failed.
+
+A test that fails while every server is alive and clean runs once more: on a loaded machine a real
+peer (Kannel, libpurple, Postfix...) can miss a deadline. Passing on the second run counts as a
+pass but is printed as RETRY-PASS with the first failure, and listed before the final line, so
+it is seen and fixed; a crash, a sanitizer report or a second failure always fails.
 """
 
 import asyncio
@@ -72,7 +77,16 @@ def _call(fn, timeout):
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def run_module(mod, pattern, results):
+def _servers_healthy():
+    """True when every live server is running and its log has no sanitizer report."""
+    try:
+        harness.check_servers()
+    except BaseException:
+        return False
+    return all(srv.alive() for srv in harness._live_servers)
+
+
+def run_module(mod, pattern, results, retried):
     tests = [(n, f) for n, f in vars(mod).items()
              if n.startswith('test_') and callable(f)
              and getattr(f, '__module__', '') == mod.__name__]
@@ -102,6 +116,21 @@ def run_module(mod, pattern, results):
         except KeyboardInterrupt:
             raise
         except BaseException as e:
+            first = _reason(e)
+            if not isinstance(e, KeyboardInterrupt) and _servers_healthy():
+                print('RETRY %s: %s' % (full, first), flush=True)
+                t0 = time.monotonic()
+                try:
+                    _call(fn, getattr(fn, 'timeout', mod_timeout))
+                    harness.check_servers()
+                    results.append(True)
+                    retried.append('%s (first: %s)' % (full, first.splitlines()[0][:200]))
+                    print('RETRY-PASS %s (%.1fs)' % (full, time.monotonic() - t0), flush=True)
+                    continue
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as e2:
+                    e = e2
             results.append(False)
             print('FAIL %s: %s' % (full, _reason(e)), flush=True)
             # A crashed shared server would fail every later test for the same reason.
@@ -130,6 +159,7 @@ def main(argv):
     if not names:
         names = sorted(p.stem for p in HERE.glob('test_*.py'))
     results = []
+    retried = []
     for name in names:
         try:
             mod = importlib.import_module(name)
@@ -137,7 +167,9 @@ def main(argv):
             results.append(False)
             print('FAIL %s: import: %s' % (name, _reason(e)), flush=True)
             continue
-        run_module(mod, pattern, results)
+        run_module(mod, pattern, results, retried)
+    for r in retried:
+        print('passed only on a second run: %s' % r, flush=True)
     passed = sum(results)
     failed = len(results) - passed
     print('e2e: %d passed, %d failed' % (passed, failed), flush=True)
