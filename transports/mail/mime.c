@@ -685,8 +685,12 @@ int mime_parse(const char *raw, size_t len, struct mime_in *out)
     if (subject)
         out->subject = one_line(subject);
     const char *mid = g_mime_message_get_message_id(msg);
-    if (mid && *mid)
+    if (mid && *mid) { /* one token, like the References ids (refs_add): it is reused in them */
         out->message_id = one_line(mid);
+        for (char *p = out->message_id; *p; p++)
+            if (*p == ' ' || *p == '<' || *p == '>')
+                *p = '_';
+    }
     GDateTime *dt = g_mime_message_get_date(msg);
     if (dt)
         out->date = g_date_time_to_unix(dt);
