@@ -12,7 +12,10 @@ roster), presence both ways (buddy show/status; our show/status as the account's
 messages both ways (both protocols), typing both ways, a buddy's avatar, an IRC channel and a
 Prosody MUC room as rooms of the gateway; a backend killed with
 SIGKILL mid-session (restarted, the users logged back in; a message the legacy server accepted
-while the account was gone and messages sent afterwards arrive).
+while the account was gone and messages sent afterwards arrive); a libpurple fields request
+(prpl-jabber's configuration form of a new MUC room) as an XEP-0004 form, submitted (the room
+gets the submitted name) and cancelled; prpl-jabber's SRV lookup answered by the backend's
+resolver thread (a domain without records fails the registration check).
 
 No fixed sleeps: every wait is for a specific stanza, IRC event or log line."""
 
@@ -481,3 +484,104 @@ def test_xmpp_chat_room():
     x.send("<presence to='%s/%s' type='unavailable'/>" % (room, carol))
     dx.wait(lambda e: ti.is_presence(e, '%s/%s' % (legacy_room, carol), 'unavailable'),
             'carol leaving')
+
+
+def _is_prompt(e, words):
+    return e.tag == C + 'message' and e.get('from') == GW \
+        and words in (e.findtext(C + 'body') or '')
+
+
+def _new_room_form(x, room, nick):
+    """Joins a room that does not exist yet on Prosody: prpl-jabber asks (an action prompt,
+    numbered) whether to configure it; answering "Configure Room" makes it fetch the room's
+    configuration form (XEP-0045 §10.1.3), a libpurple fields request, which must reach us as an
+    XEP-0004 form. Returns (the message, the form, the request id)."""
+    m = x.mark()
+    x.send("<presence to='%s/%s'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+           % (room, nick))
+    p = x.wait(lambda e: _is_prompt(e, 'Reply with the number'), 'the new-room prompt', since=m)
+    body = p.findtext(C + 'body')
+    num = re.search(r'(\d+)\. Configure Room', body)
+    check(num is not None, 'the new-room prompt: %s' % body)
+    m = x.mark()
+    x.send("<message to='%s' type='chat'><body>%s</body></message>" % (GW, num.group(1)))
+    msg = x.wait(lambda e: e.tag == C + 'message' and e.get('from') == GW
+                 and e.find('{%s}x' % NS_DATA) is not None, 'the room configuration form',
+                 since=m)
+    form = msg.find('{%s}x' % NS_DATA)
+    check(form.get('type') == 'form' and msg.get('type') == 'normal', 'the form: %s' % dump(msg))
+    f = field_values(form)
+    check('isthmus-request' in f and f['isthmus-request'].get('type') == 'hidden',
+          'no request id in the form: %s' % dump(msg))
+    rid = f['isthmus-request'].findtext('{%s}value' % NS_DATA)
+    check(msg.findtext(C + 'thread') == 'purple-request-' + rid, 'the thread: %s' % dump(msg))
+    check('cancel' in (msg.findtext(C + 'body') or ''), 'the fallback body: %s' % dump(msg))
+    return msg, form, rid
+
+
+@isolated
+def test_xmpp_fields_request_as_form():
+    """A libpurple fields request (prpl-jabber's room configuration form) as an XEP-0004 form:
+    submitted (the room gets the name we gave), and cancelled."""
+    x, dx, carol_jid, dave_jid = xmpp_account()
+    carol = carol_jid.split('@')[0]
+    legacy_room = ti.uniq('formed') + '@' + MUC
+    room = '%s@%s' % (legacy_room.replace('@', '\\40'), GW)
+    msg, form, rid = _new_room_form(x, room, carol)
+    f = field_values(form)
+    name = f.get('muc#roomconfig_roomname')
+    check(name is not None and name.get('type') == 'text-single',
+          'the room name field: %s' % dump(form))
+    types = {fl.get('type') for fl in f.values()}
+    check('boolean' in types and ('list-single' in types or 'list-multi' in types),
+          'field types mapped: %s' % types)
+    x.send("<message to='%s' type='normal'><thread>purple-request-%s</thread>"
+           "<x xmlns='%s' type='submit'><field var='isthmus-request'><value>%s</value></field>"
+           "<field var='muc#roomconfig_roomname'><value>Formed Room</value></field></x>"
+           "</message>" % (GW, rid, NS_DATA, rid))
+    h.wait_until(lambda: 'request %s submitted' % rid in srv.log(), T, 'the submit')
+
+    def named():
+        r = dx.iq('get', legacy_room, "<query xmlns='%s'/>" % NS_DISCO_INFO)
+        return r.get('type') == 'result' and any(
+            i.get('name') == 'Formed Room' for i in r.iter('{%s}identity' % NS_DISCO_INFO))
+    h.wait_until(named, T, 'the room named as submitted')
+
+    # a cancelled form (another new room)
+    legacy_room2 = ti.uniq('cancelled') + '@' + MUC
+    room2 = '%s@%s' % (legacy_room2.replace('@', '\\40'), GW)
+    msg, form, rid2 = _new_room_form(x, room2, carol)
+    x.send("<message to='%s' type='normal'><x xmlns='%s' type='cancel'>"
+           "<field var='isthmus-request'><value>%s</value></field></x></message>"
+           % (GW, NS_DATA, rid2))
+    h.wait_until(lambda: 'request %s cancelled by the user' % rid2 in srv.log(), T,
+                 'the cancel')
+    # a client without forms: the fallback body's "cancel"
+    legacy_room3 = ti.uniq('plain') + '@' + MUC
+    room3 = '%s@%s' % (legacy_room3.replace('@', '\\40'), GW)
+    msg, form, rid3 = _new_room_form(x, room3, carol)
+    x.send("<message to='%s' type='chat'><body>cancel</body></message>" % GW)
+    h.wait_until(lambda: 'request %s cancelled by the user' % rid3 in srv.log(), T,
+                 'the plain-text cancel')
+    # an answer to a request no longer pending is refused
+    m = x.mark()
+    x.send("<message to='%s' type='normal' id='late'><x xmlns='%s' type='submit'>"
+           "<field var='isthmus-request'><value>%s</value></field></x></message>"
+           % (GW, NS_DATA, rid2))
+    e = x.wait(lambda e: e.tag == C + 'message' and e.get('id') == 'late', 'the late answer',
+               since=m)
+    check(e.get('type') == 'error', 'a late answer was accepted: %s' % dump(e))
+
+
+@isolated
+def test_srv_lookup_on_a_thread():
+    """prpl-jabber without connect_server looks up _xmpp-client._tcp.DOMAIN (SRV): our resolver
+    thread answers it (no forked resolver), and a domain without records fails the check."""
+    x = ti.XUser.new('psrv')
+    r = register(x, {'protocol': 'prpl-jabber', 'username': 'someone', 'password': 'pw',
+                     'prpl-jabber.s.domain': 'nosrv.invalid', 'prpl-jabber.s.resource': 'gw'})
+    check(r.get('type') == 'error' and r.find('{jabber:client}error/{%s}remote-server-not-found'
+                                              % h.NS_STANZAS) is not None,
+          'a domain without a server was not refused: %s' % dump(r))
+    check('SRV lookup for _xmpp-client._tcp.nosrv.invalid on a thread' in srv.log(),
+          'our SRV lookup was not used:\n%s' % srv.log_tail(30))

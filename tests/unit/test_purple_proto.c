@@ -58,6 +58,34 @@ static void test_add(void)
     free(buf);
 }
 
+/* A record nested as one field of a line (the "form" event) splits again after the outer split. */
+static void test_record(void)
+{
+    const char *inner[] = {"muc#roomconfig_roomname", "text-single", "Name\tof %41 room", "0",
+                           "1", "a\nb"};
+    char *rec = pproto_record(inner, 6);
+    CHECK(strchr(rec, '\n') == NULL && strchr(rec, '\t') != NULL);
+    const char *outer[] = {"form", "u@x", "7", rec, "tail"};
+    size_t len;
+    char *line = pproto_line(outer, 5, &len);
+    free(rec);
+    line[len - 1] = '\0';
+    CHECK(strchr(line, '\t') != NULL && memchr(line, '\n', len - 1) == NULL);
+    char *f[PPROTO_MAX_FIELDS];
+    size_t n = pproto_split(line, f, PPROTO_MAX_FIELDS);
+    CHECK(n == 5 && strcmp(f[4], "tail") == 0);
+    char *g[PPROTO_MAX_FIELDS];
+    size_t m = n == 5 ? pproto_split(f[3], g, PPROTO_MAX_FIELDS) : 0;
+    CHECK(m == 6);
+    for (size_t i = 0; i < m && i < 6; i++)
+        CHECK(strcmp(g[i], inner[i]) == 0);
+    free(line);
+    /* an empty record is one empty field */
+    char *e = pproto_record(NULL, 0);
+    CHECK(strcmp(e, "") == 0);
+    free(e);
+}
+
 /* Random fields (any bytes but NUL) survive a round trip; random lines split without harm. */
 static void test_random(void)
 {
@@ -105,6 +133,7 @@ int main(void)
     TEST_RUN(test_round_trip);
     TEST_RUN(test_split_limits);
     TEST_RUN(test_add);
+    TEST_RUN(test_record);
     TEST_RUN(test_random);
     return TEST_DONE();
 }

@@ -12,6 +12,8 @@
  *   join JID ROOM                    leave JID ROOM           chat JID ROOM TEXT
  *   add_buddy JID WHO ALIAS GROUP    remove_buddy JID WHO     auth JID WHO 1|0
  *   answer ID VALUE                  (a request: the action number from 1, or the input text)
+ *   submit ID VAR VALUE...           (a form answered; a field's values joined by LF)
+ *   cancel ID                        (a request or form cancelled)
  * Events (backend → gateway):
  *   ready
  *   connected JID                    disconnected JID FATAL(0|1) AUTH(0|1) TEXT
@@ -23,6 +25,12 @@
  *   chat_msg JID ROOM NICK TEXT      chat_topic JID ROOM WHO TOPIC
  *   auth JID WHO MESSAGE             notice JID TEXT
  *   request JID ID TEXT              (answer with "answer ID ..."; unanswered → last action)
+ *   form JID ID TITLE INSTRUCTIONS TEXT FIELD...
+ *                                    (a fields or choice request as an XEP-0004 form; TEXT the
+ *                                    fallback body; each FIELD a record (pproto_record): VAR
+ *                                    TYPE LABEL REQUIRED NVALUES VALUE... (OPTVALUE OPTLABEL)...;
+ *                                    answer with submit/cancel ID, "answer ID N" for a choice;
+ *                                    unanswered in 120 s → cancelled)
  *   icon JID WHO HEX                 (buddy icon bytes, hex, at most BACKEND_MAX_ICON bytes)
  *
  * Nothing is written to disk but libpurple's own files in a per-backend temporary user dir
@@ -32,6 +40,7 @@
 #include "backend.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <netdb.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -46,6 +55,9 @@
 #include <unistd.h>
 #include <ftw.h>
 #include <sys/select.h>
+#include <arpa/nameser.h>
+#include <netinet/in.h>
+#include <resolv.h>
 
 #include <glib.h>
 #include <purple.h>
@@ -56,6 +68,10 @@
 #define BACKEND_REQUEST_TIMEOUT_S 120
 #define BACKEND_MAX_ICON (64 * 1024)
 #define BACKEND_RECONNECT_MAX_S 300
+#define BACKEND_MAX_FORM_FIELDS 30 /* form fields sent (a submit line holds var+value pairs) */
+/* options of one list field (a record: 5 + 4 values + 2 per option <= 64 fields) */
+#define BACKEND_MAX_FORM_OPTIONS 27
+#define BACKEND_MAX_FORM_TEXT 4096 /* bytes of one label, value or option text */
 
 /* Our state per account (PurpleAccount.ui_data). */
 struct bacct {
@@ -77,8 +93,9 @@ struct breq {
     size_t refuse; /* the action taken when unanswered (1-based): Reject/Cancel/No, or the last */
     bool answering, closed;
     guint timer;
-    bool idle_cancel; /* answered at once by cancelling (fields, file, folder, choice) */
     PurpleRequestFields *fields;
+    int *choices; /* a choice request's values, in the order shown (answers: 1-based index) */
+    size_t n_choices;
 };
 
 /* A pending authorization request (account ui op). */
@@ -526,19 +543,16 @@ static char *account_host(PurpleAccount *a)
     return g_strndup(at + 1, strcspn(at + 1, "/"));
 }
 
-/* The users a request without an account concerns (certificate prompts have none): the accounts
- * still connecting whose server the prompt names ("Accept certificate for HOST?"); when only
- * one account is connecting, that one. Nobody else sees (or may answer) it. */
-static void request_recipients(PurpleAccount *account, const char *text, unsigned id)
+/* The users a request concerns (g_list_free the list): its account's; for a request without an
+ * account (certificate prompts have none), the accounts still connecting whose server the prompt
+ * names ("Accept certificate for HOST?"); when only one account is connecting, that one. Nobody
+ * else sees (or may answer) it. */
+static GList *request_targets(PurpleAccount *account, const char *text)
 {
-    char ids[16];
-    snprintf(ids, sizeof ids, "%u", id);
     struct bacct *b = bacct_of(account);
-    if (b) {
-        SEND("request", b->jid, ids, text);
-        return;
-    }
-    GList *connecting = NULL;
+    if (b)
+        return g_list_append(NULL, b);
+    GList *connecting = NULL, *out = NULL;
     for (GList *l = purple_accounts_get_all(); l; l = l->next) {
         struct bacct *c = bacct_of(l->data);
         if (c && !c->connected)
@@ -549,10 +563,21 @@ static void request_recipients(PurpleAccount *account, const char *text, unsigne
         struct bacct *c = l->data;
         char *host = account_host(c->acct);
         if (one || (host && *host && strstr(text, host)))
-            SEND("request", c->jid, ids, text);
+            out = g_list_append(out, c);
         g_free(host);
     }
     g_list_free(connecting);
+    return out;
+}
+
+static void request_recipients(PurpleAccount *account, const char *text, unsigned id)
+{
+    char ids[16];
+    snprintf(ids, sizeof ids, "%u", id);
+    GList *to = request_targets(account, text);
+    for (GList *l = to; l; l = l->next)
+        SEND("request", ((struct bacct *)l->data)->jid, ids, text);
+    g_list_free(to);
 }
 
 static void breq_free(struct breq *r)
@@ -561,6 +586,7 @@ static void breq_free(struct breq *r)
     if (r->timer)
         g_source_remove(r->timer);
     g_free(r->actions);
+    g_free(r->choices);
     g_free(r);
 }
 
@@ -593,8 +619,15 @@ static void breq_answer(struct breq *r, const char *value)
         if (r->cancel_cb)
             ((PurpleRequestFieldsCb)r->cancel_cb)(r->user_data, r->fields);
     } else if (r->type == PURPLE_REQUEST_CHOICE) {
-        if (r->cancel_cb)
-            ((PurpleRequestChoiceCb)r->cancel_cb)(r->user_data, 0);
+        /* a plain reply: the number of a choice; anything else cancels */
+        char *end = NULL;
+        long i = value ? strtol(value, &end, 10) : 0;
+        if (value && end != value && !*end && i >= 1 && (size_t)i <= r->n_choices) {
+            if (r->ok_cb)
+                ((PurpleRequestChoiceCb)r->ok_cb)(r->user_data, r->choices[i - 1]);
+        } else if (r->cancel_cb) {
+            ((PurpleRequestChoiceCb)r->cancel_cb)(r->user_data, r->n_choices ? r->choices[0] : 0);
+        }
     } else {
         if (r->cancel_cb)
             ((PurpleRequestFileCb)r->cancel_cb)(r->user_data, NULL);
@@ -628,6 +661,9 @@ static char *prompt_text(const char *title, const char *primary, const char *sec
     for (size_t i = 0; i < 3; i++) {
         if (!parts[i] || !*parts[i])
             continue;
+        if ((i > 0 && parts[0] && strcmp(parts[i], parts[0]) == 0) ||
+            (i > 1 && parts[1] && strcmp(parts[i], parts[1]) == 0))
+            continue; /* prpls often repeat the title as the primary text */
         char *p = plain(parts[i]);
         if (s->len)
             g_string_append(s, "\n");
@@ -700,7 +736,7 @@ static void *ui_request_input(const char *title, const char *primary, const char
     return r;
 }
 
-/* Forms, choices, files and folders are not forwarded: they are cancelled at once (from the
+/* Files and folders are not forwarded: they are cancelled at once (from the
  * loop, not from inside the call that made them), and the user is told. */
 static void *cancel_soon(PurpleRequestType type, const char *title, const char *primary,
                          const char *secondary, GCallback cancel_cb, PurpleAccount *account,
@@ -721,21 +757,220 @@ static void *cancel_soon(PurpleRequestType type, const char *title, const char *
     return r;
 }
 
+/* ---- fields and choice requests → XEP-0004 forms (the "form" event) ---- */
+
+/* A form under construction: the records of its fields (each a proto.h record, see
+ * form_field). */
+struct bform {
+    GPtrArray *recs;
+};
+
+static char *clip(const char *s)
+{
+    char *p = plain(s);
+    if (strlen(p) > BACKEND_MAX_FORM_TEXT) {
+        const char *e = p + BACKEND_MAX_FORM_TEXT;
+        g_utf8_validate(p, BACKEND_MAX_FORM_TEXT, &e); /* cut at a character boundary */
+        p[e - p] = '\0';
+    }
+    return p;
+}
+
+/* One field record: VAR TYPE LABEL REQUIRED(0|1) NVALUES VALUE... (OPTION_VALUE OPTION_LABEL)...
+ * TYPE is the XEP-0004 §3.3 field type. opts: value, label pairs (n_opts strings). */
+static void form_field(struct bform *fm, const char *var, const char *type, const char *label,
+                       bool required, const char *const *values, size_t n_values,
+                       const char *const *opts, size_t n_opts)
+{
+    if (fm->recs->len >= BACKEND_MAX_FORM_FIELDS)
+        return;
+    const char *f[PPROTO_MAX_FIELDS];
+    char *own[PPROTO_MAX_FIELDS];
+    size_t n = 0, n_own = 0;
+    char nv[16];
+    if (n_values > 4)
+        n_values = 4;
+    if (n_opts > BACKEND_MAX_FORM_OPTIONS * 2)
+        n_opts = BACKEND_MAX_FORM_OPTIONS * 2;
+    f[n++] = var;
+    f[n++] = type;
+    f[n++] = own[n_own++] = clip(label ? label : "");
+    f[n++] = required ? "1" : "0";
+    snprintf(nv, sizeof nv, "%zu", n_values);
+    f[n++] = nv;
+    for (size_t i = 0; i < n_values; i++)
+        f[n++] = own[n_own++] = clip(values[i] ? values[i] : "");
+    for (size_t i = 0; i + 1 < n_opts; i += 2) {
+        f[n++] = opts[i];
+        f[n++] = own[n_own++] = clip(opts[i + 1] ? opts[i + 1] : "");
+    }
+    g_ptr_array_add(fm->recs, pproto_record(f, n));
+    for (size_t i = 0; i < n_own; i++)
+        g_free(own[i]);
+}
+
+/* Sends "form JID ID TITLE INSTRUCTIONS TEXT FIELD..." to each user the request concerns
+ * (TEXT: the fallback body for clients without forms). */
+static void form_send(struct breq *r, PurpleAccount *account, const char *title,
+                      const char *primary, const char *secondary, const char *fallback,
+                      struct bform *fm)
+{
+    char ids[16];
+    snprintf(ids, sizeof ids, "%u", r->id);
+    char *t = clip(title ? title : "");
+    char *instr = prompt_text(NULL, primary, secondary);
+    char *text = prompt_text(title, primary, secondary);
+    char *body = g_strdup_printf("%s\n%s\n(Unanswered in %d s: cancelled.)", text, fallback,
+                                 BACKEND_REQUEST_TIMEOUT_S);
+    const char *f[PPROTO_MAX_FIELDS];
+    size_t n = 0;
+    f[n++] = "form";
+    f[n++] = "";
+    f[n++] = ids;
+    f[n++] = t;
+    f[n++] = instr;
+    f[n++] = body;
+    for (guint i = 0; i < fm->recs->len && n < PPROTO_MAX_FIELDS; i++)
+        f[n++] = g_ptr_array_index(fm->recs, i);
+    GList *to = request_targets(account, text);
+    for (GList *l = to; l; l = l->next) {
+        f[1] = ((struct bacct *)l->data)->jid;
+        send_fields(f, n);
+    }
+    if (!to)
+        fprintf(stderr, "purple backend: request %u concerns nobody: %s\n", r->id, text);
+    g_list_free(to);
+    g_free(t);
+    g_free(instr);
+    g_free(text);
+    g_free(body);
+}
+
+static void form_fields_of(struct bform *fm, PurpleRequestFields *fields)
+{
+    for (GList *g = purple_request_fields_get_groups(fields); g; g = g->next) {
+        for (GList *l = purple_request_field_group_get_fields(g->data); l; l = l->next) {
+            PurpleRequestField *fd = l->data;
+            const char *id = purple_request_field_get_id(fd);
+            const char *label = purple_request_field_get_label(fd);
+            bool req = purple_request_field_is_required(fd);
+            bool visible = purple_request_field_is_visible(fd);
+            char num[32];
+            const char *v[4];
+            switch (purple_request_field_get_type(fd)) {
+            case PURPLE_REQUEST_FIELD_STRING: {
+                v[0] = purple_request_field_string_get_value(fd);
+                if (!v[0])
+                    v[0] = purple_request_field_string_get_default_value(fd);
+                const char *type = !visible ? "hidden"
+                                   : purple_request_field_string_is_masked(fd) ? "text-private"
+                                   : purple_request_field_string_is_multiline(fd) ? "text-multi"
+                                                                                  : "text-single";
+                form_field(fm, id, type, label, req, v, v[0] ? 1 : 0, NULL, 0);
+                break;
+            }
+            case PURPLE_REQUEST_FIELD_INTEGER:
+                snprintf(num, sizeof num, "%d", purple_request_field_int_get_value(fd));
+                v[0] = num;
+                form_field(fm, id, visible ? "text-single" : "hidden", label, req, v, 1, NULL, 0);
+                break;
+            case PURPLE_REQUEST_FIELD_BOOLEAN:
+                v[0] = purple_request_field_bool_get_value(fd) ? "1" : "0";
+                form_field(fm, id, visible ? "boolean" : "hidden", label, req, v, 1, NULL, 0);
+                break;
+            case PURPLE_REQUEST_FIELD_CHOICE: {
+                /* values: the choice's index (what libpurple stores) */
+                const char *opts[BACKEND_MAX_FORM_OPTIONS * 2];
+                char idx[BACKEND_MAX_FORM_OPTIONS][16];
+                size_t k = 0;
+                for (GList *c = purple_request_field_choice_get_labels(fd);
+                     c && k < BACKEND_MAX_FORM_OPTIONS; c = c->next, k++) {
+                    snprintf(idx[k], sizeof idx[k], "%zu", k);
+                    opts[2 * k] = idx[k];
+                    opts[2 * k + 1] = c->data;
+                }
+                snprintf(num, sizeof num, "%d", purple_request_field_choice_get_value(fd));
+                v[0] = num;
+                form_field(fm, id, "list-single", label, req, v, 1, opts, 2 * k);
+                break;
+            }
+            case PURPLE_REQUEST_FIELD_LIST: {
+                /* values: the items' texts (what libpurple selects by) */
+                const char *opts[BACKEND_MAX_FORM_OPTIONS * 2];
+                size_t k = 0, nv = 0;
+                for (GList *c = purple_request_field_list_get_items(fd);
+                     c && k < BACKEND_MAX_FORM_OPTIONS; c = c->next, k++) {
+                    opts[2 * k] = opts[2 * k + 1] = c->data;
+                    if (nv < 4 && purple_request_field_list_is_selected(fd, c->data))
+                        v[nv++] = c->data;
+                }
+                form_field(fm, id,
+                           purple_request_field_list_get_multi_select(fd) ? "list-multi"
+                                                                          : "list-single",
+                           label, req, v, nv, opts, 2 * k);
+                break;
+            }
+            case PURPLE_REQUEST_FIELD_LABEL:
+                v[0] = label;
+                form_field(fm, id, "fixed", NULL, false, v, 1, NULL, 0);
+                break;
+            case PURPLE_REQUEST_FIELD_IMAGE:
+                v[0] = "(an image the gateway cannot show)";
+                form_field(fm, id, "fixed", label, false, v, 1, NULL, 0);
+                break;
+            case PURPLE_REQUEST_FIELD_ACCOUNT: {
+                PurpleAccount *a = purple_request_field_account_get_value(fd);
+                v[0] = a ? purple_account_get_username(a) : "";
+                form_field(fm, id, "fixed", label, false, v, 1, NULL, 0);
+                break;
+            }
+            default:
+                break;
+            }
+        }
+    }
+}
+
 static void *ui_request_choice(const char *title, const char *primary, const char *secondary,
                                int default_value, const char *ok_text, GCallback ok_cb,
                                const char *cancel_text, GCallback cancel_cb,
                                PurpleAccount *account, const char *who, PurpleConversation *conv,
                                void *user_data, va_list choices)
 {
-    (void)default_value;
     (void)ok_text;
-    (void)ok_cb;
     (void)cancel_text;
     (void)who;
     (void)conv;
-    (void)choices;
-    return cancel_soon(PURPLE_REQUEST_CHOICE, title, primary, secondary, cancel_cb, account,
-                       user_data, NULL);
+    struct breq *r = breq_new(PURPLE_REQUEST_CHOICE, user_data, BACKEND_REQUEST_TIMEOUT_S);
+    r->ok_cb = ok_cb;
+    r->cancel_cb = cancel_cb;
+    r->choices = g_new0(int, BACKEND_MAX_FORM_OPTIONS);
+    const char *opts[BACKEND_MAX_FORM_OPTIONS * 2];
+    char vals[BACKEND_MAX_FORM_OPTIONS][16];
+    GString *fb = g_string_new("Reply with the number of your choice (or \"cancel\"):");
+    const char *label;
+    while ((label = va_arg(choices, const char *)) != NULL) {
+        int value = va_arg(choices, int);
+        if (r->n_choices >= BACKEND_MAX_FORM_OPTIONS)
+            continue;
+        size_t k = r->n_choices++;
+        r->choices[k] = value;
+        snprintf(vals[k], sizeof vals[k], "%d", value);
+        opts[2 * k] = vals[k];
+        opts[2 * k + 1] = label;
+        char *l = plain(label);
+        g_string_append_printf(fb, "\n%zu. %s", k + 1, l);
+        g_free(l);
+    }
+    struct bform fm = {.recs = g_ptr_array_new_with_free_func(free)};
+    char def[16];
+    snprintf(def, sizeof def, "%d", default_value);
+    const char *v[] = {def};
+    form_field(&fm, "choice", "list-single", "Choice", true, v, 1, opts, 2 * r->n_choices);
+    form_send(r, account, title, primary, secondary, fb->str, &fm);
+    g_ptr_array_free(fm.recs, TRUE);
+    g_string_free(fb, TRUE);
+    return r;
 }
 
 static void *ui_request_fields(const char *title, const char *primary, const char *secondary,
@@ -745,12 +980,20 @@ static void *ui_request_fields(const char *title, const char *primary, const cha
                                void *user_data)
 {
     (void)ok_text;
-    (void)ok_cb;
     (void)cancel_text;
     (void)who;
     (void)conv;
-    return cancel_soon(PURPLE_REQUEST_FIELDS, title, primary, secondary, cancel_cb, account,
-                       user_data, fields);
+    struct breq *r = breq_new(PURPLE_REQUEST_FIELDS, user_data, BACKEND_REQUEST_TIMEOUT_S);
+    r->ok_cb = ok_cb;
+    r->cancel_cb = cancel_cb;
+    r->fields = fields;
+    struct bform fm = {.recs = g_ptr_array_new_with_free_func(free)};
+    form_fields_of(&fm, fields);
+    form_send(r, account, title, primary, secondary,
+              "This prompt is a form (XEP-0004): answer it with a client that shows forms, or "
+              "reply \"cancel\".", &fm);
+    g_ptr_array_free(fm.recs, TRUE);
+    return r;
 }
 
 static void *ui_request_file(const char *title, const char *filename, gboolean savedialog,
@@ -930,6 +1173,175 @@ static PurpleDnsQueryUiOps dns_ops = {
     .destroy = ui_dns_destroy,
 };
 
+/* ---- SRV/TXT ui ops: res_nquery on a worker thread instead of libpurple's forked resolver ---- */
+
+#define BACKEND_MAX_DNS_RECORDS 64
+
+struct bsrv {
+    PurpleSrvTxtQueryData *q; /* NULL once libpurple destroyed the query */
+    PurpleSrvTxtQueryResolvedCallback resolved;
+    PurpleSrvTxtQueryFailedCallback failed;
+    char *query;
+    bool txt;
+    GList *records; /* PurpleSrvResponse* or PurpleTxtResponse*, g_malloc'd as dnssrv.c frees */
+    char *error;
+};
+
+static GHashTable *srv_queries; /* PurpleSrvTxtQueryData* → struct bsrv* */
+
+static void srv_records_free(struct bsrv *d)
+{
+    for (GList *l = d->records; l; l = l->next) {
+        if (d->txt)
+            purple_txt_response_destroy(l->data);
+        else
+            g_free(l->data);
+    }
+    g_list_free(d->records);
+    d->records = NULL;
+}
+
+static gboolean srv_done(gpointer ud)
+{
+    struct bsrv *d = ud;
+    if (d->q) {
+        PurpleSrvTxtQueryData *q = d->q;
+        g_hash_table_remove(srv_queries, q);
+        d->q = NULL;
+        if (!d->records && d->txt) {
+            /* dnssrv.c's failure callback calls a TXT query's callback with the SRV callback's
+             * arguments (the TXT callback's data would be 0): answer "no usable record" as one
+             * empty TXT string instead */
+            PurpleTxtResponse *t = g_new0(PurpleTxtResponse, 1);
+            t->content = g_strdup("");
+            d->records = g_list_append(NULL, t);
+        }
+        if (d->records) {
+            GList *r = d->records;
+            d->records = NULL;
+            d->resolved(q, r); /* takes the records; destroys q */
+        } else {
+            d->failed(q, d->error ? d->error : "no record");
+        }
+    }
+    srv_records_free(d);
+    g_free(d->query);
+    g_free(d->error);
+    g_free(d);
+    return FALSE;
+}
+
+/* RFC 1035 §4.1: the answer section's SRV (RFC 2782) or TXT records of msg[0..len). */
+static void srv_parse(struct bsrv *d, const unsigned char *msg, int len)
+{
+    if (len < 12)
+        return;
+    const unsigned char *end = msg + len, *p = msg + 12;
+    unsigned qd = (unsigned)(msg[4] << 8 | msg[5]), an = (unsigned)(msg[6] << 8 | msg[7]);
+    char name[NS_MAXDNAME];
+    for (unsigned i = 0; i < qd; i++) {
+        int n = dn_expand(msg, end, p, name, sizeof name);
+        if (n < 0 || end - (p + n) < 4)
+            return;
+        p += n + 4;
+    }
+    unsigned kept = 0;
+    for (unsigned i = 0; i < an && kept < BACKEND_MAX_DNS_RECORDS; i++) {
+        int n = dn_expand(msg, end, p, name, sizeof name);
+        if (n < 0 || end - (p + n) < 10)
+            return;
+        p += n;
+        unsigned type = (unsigned)(p[0] << 8 | p[1]), rdlen = (unsigned)(p[8] << 8 | p[9]);
+        p += 10;
+        if ((size_t)(end - p) < rdlen)
+            return;
+        const unsigned char *rd = p;
+        p += rdlen;
+        if (!d->txt && type == ns_t_srv && rdlen > 6) {
+            PurpleSrvResponse *r = g_new0(PurpleSrvResponse, 1);
+            r->pref = rd[0] << 8 | rd[1];
+            r->weight = rd[2] << 8 | rd[3];
+            r->port = rd[4] << 8 | rd[5];
+            /* a target of "." says the service is not offered (RFC 2782): no record */
+            if (dn_expand(msg, end, rd + 6, r->hostname, sizeof r->hostname) < 0 ||
+                !r->hostname[0] || strcmp(r->hostname, ".") == 0) {
+                g_free(r);
+                continue;
+            }
+            d->records = g_list_append(d->records, r);
+            kept++;
+        } else if (d->txt && type == ns_t_txt) {
+            GString *s = g_string_new("");
+            for (unsigned o = 0; o < rdlen;) { /* RFC 1035 §3.3.14: <character-string>s */
+                unsigned l = rd[o++];
+                if (l > rdlen - o)
+                    l = rdlen - o;
+                g_string_append_len(s, (const char *)rd + o, l);
+                o += l;
+            }
+            PurpleTxtResponse *t = g_new0(PurpleTxtResponse, 1);
+            t->content = g_string_free(s, FALSE);
+            d->records = g_list_append(d->records, t);
+            kept++;
+        }
+    }
+}
+
+static gpointer srv_thread(gpointer ud)
+{
+    struct bsrv *d = ud;
+    struct __res_state st;
+    memset(&st, 0, sizeof st);
+    unsigned char *ans = g_malloc(65536);
+    if (res_ninit(&st) != 0) {
+        d->error = g_strdup("cannot initialise the resolver");
+    } else {
+        int n = res_nquery(&st, d->query, ns_c_in, d->txt ? ns_t_txt : ns_t_srv, ans, 65536);
+        if (n < 0)
+            d->error = g_strdup_printf("no %s record for %s", d->txt ? "TXT" : "SRV", d->query);
+        else
+            srv_parse(d, ans, n > 65536 ? 65536 : n);
+        res_nclose(&st);
+    }
+    g_free(ans);
+    g_idle_add(srv_done, d);
+    return NULL;
+}
+
+static gboolean ui_srv_resolve(PurpleSrvTxtQueryData *q, PurpleSrvTxtQueryResolvedCallback resolved,
+                               PurpleSrvTxtQueryFailedCallback failed)
+{
+    const char *query = purple_srv_txt_query_get_query(q);
+    if (!query)
+        return FALSE;
+    struct bsrv *d = g_new0(struct bsrv, 1);
+    d->q = q;
+    d->resolved = resolved;
+    d->failed = failed;
+    d->query = g_strdup(query);
+    d->txt = purple_srv_txt_query_get_type(q) == ns_t_txt;
+    fprintf(stderr, "purple backend: %s lookup for %s on a thread\n", d->txt ? "TXT" : "SRV",
+            d->query);
+    g_hash_table_insert(srv_queries, q, d);
+    GThread *t = g_thread_new("srv", srv_thread, d);
+    g_thread_unref(t);
+    return TRUE;
+}
+
+static void ui_srv_destroy(PurpleSrvTxtQueryData *q)
+{
+    struct bsrv *d = g_hash_table_lookup(srv_queries, q);
+    if (d) {
+        d->q = NULL;
+        g_hash_table_remove(srv_queries, q);
+    }
+}
+
+static PurpleSrvTxtQueryUiOps srv_ops = {
+    .resolve = ui_srv_resolve,
+    .destroy = ui_srv_destroy,
+};
+
 /* ---- event loop ui ops on GLib (as libpurple's example nullclient does) ---- */
 
 #define PURPLE_GLIB_READ_COND (G_IO_IN | G_IO_HUP | G_IO_ERR)
@@ -985,6 +1397,7 @@ static void ui_init(void)
     purple_request_set_ui_ops(&request_ops);
     purple_notify_set_ui_ops(&notify_ops);
     purple_dnsquery_set_ui_ops(&dns_ops);
+    purple_srv_txt_query_set_ui_ops(&srv_ops);
 }
 
 static PurpleCoreUiOps core_ops = {
@@ -1262,6 +1675,99 @@ static void cmd_answer(char **f, size_t n)
     }
 }
 
+static struct breq *breq_find(const char *ids)
+{
+    unsigned id = (unsigned)strtoul(ids, NULL, 10);
+    for (GList *l = requests; l; l = l->next)
+        if (((struct breq *)l->data)->id == id)
+            return l->data;
+    return NULL;
+}
+
+/* Sets a field from a submitted value (XEP-0004 §3.3 forms as form_fields_of made them). */
+static void field_set(PurpleRequestField *fd, const char *value)
+{
+    switch (purple_request_field_get_type(fd)) {
+    case PURPLE_REQUEST_FIELD_STRING:
+        purple_request_field_string_set_value(fd, value);
+        break;
+    case PURPLE_REQUEST_FIELD_INTEGER: {
+        char *end;
+        long v = strtol(value, &end, 10);
+        if (end != value && v >= INT_MIN && v <= INT_MAX)
+            purple_request_field_int_set_value(fd, (int)v);
+        break;
+    }
+    case PURPLE_REQUEST_FIELD_BOOLEAN:
+        purple_request_field_bool_set_value(fd, strcmp(value, "1") == 0 ||
+                                                    strcmp(value, "true") == 0);
+        break;
+    case PURPLE_REQUEST_FIELD_CHOICE: {
+        char *end;
+        long v = strtol(value, &end, 10);
+        long n = (long)g_list_length(purple_request_field_choice_get_labels(fd));
+        if (end != value && v >= 0 && v < n)
+            purple_request_field_choice_set_value(fd, (int)v);
+        break;
+    }
+    case PURPLE_REQUEST_FIELD_LIST: {
+        purple_request_field_list_clear_selected(fd);
+        char **vals = g_strsplit(value, "\n", BACKEND_MAX_FORM_OPTIONS);
+        for (char **v = vals; *v; v++)
+            for (GList *c = purple_request_field_list_get_items(fd); c; c = c->next)
+                if (strcmp(c->data, *v) == 0)
+                    purple_request_field_list_add_selected(fd, *v);
+        g_strfreev(vals);
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+/* submit ID VAR VALUE...: a form answered (multiple values of a field joined by LF). */
+static void cmd_submit(char **f, size_t n)
+{
+    struct breq *r = n >= 2 ? breq_find(f[1]) : NULL;
+    if (!r)
+        return;
+    fprintf(stderr, "purple backend: request %u submitted\n", r->id);
+    if (r->type == PURPLE_REQUEST_CHOICE) {
+        const char *v = NULL;
+        for (size_t i = 2; i + 1 < n; i += 2)
+            if (strcmp(f[i], "choice") == 0)
+                v = f[i + 1];
+        char num[32] = "";
+        for (size_t k = 0; v && k < r->n_choices; k++) {
+            char cv[16];
+            snprintf(cv, sizeof cv, "%d", r->choices[k]);
+            if (strcmp(cv, v) == 0)
+                snprintf(num, sizeof num, "%zu", k + 1);
+        }
+        breq_answer(r, num); /* not one of the choices: cancelled */
+        return;
+    }
+    if (r->type != PURPLE_REQUEST_FIELDS) {
+        breq_answer(r, n >= 4 ? f[3] : NULL);
+        return;
+    }
+    for (size_t i = 2; i + 1 < n; i += 2) {
+        PurpleRequestField *fd = purple_request_fields_get_field(r->fields, f[i]);
+        if (fd && purple_request_field_is_visible(fd))
+            field_set(fd, f[i + 1]);
+    }
+    r->answering = true;
+    if (purple_request_fields_all_required_filled(r->fields)) {
+        if (r->ok_cb)
+            ((PurpleRequestFieldsCb)r->ok_cb)(r->user_data, r->fields);
+    } else {
+        fprintf(stderr, "purple backend: request %u lacks a required field: cancelled\n", r->id);
+        if (r->cancel_cb)
+            ((PurpleRequestFieldsCb)r->cancel_cb)(r->user_data, r->fields);
+    }
+    breq_finish(r);
+}
+
 static void dispatch(char *line)
 {
     char *f[PPROTO_MAX_FIELDS];
@@ -1294,6 +1800,15 @@ static void dispatch(char *line)
         cmd_auth(f, n);
     else if (strcmp(f[0], "answer") == 0)
         cmd_answer(f, n);
+    else if (strcmp(f[0], "submit") == 0)
+        cmd_submit(f, n);
+    else if (strcmp(f[0], "cancel") == 0 && n >= 2) {
+        struct breq *r = breq_find(f[1]);
+        if (r) {
+            fprintf(stderr, "purple backend: request %u cancelled by the user\n", r->id);
+            breq_answer(r, NULL);
+        }
+    }
 }
 
 static gboolean on_ctl(GIOChannel *ch, GIOCondition cond, gpointer ud)
@@ -1367,6 +1882,7 @@ static void purple_start(const char *dir)
     purple_core_set_ui_ops(&core_ops);
     purple_eventloop_set_ui_ops(&loop_ops);
     dns_queries = g_hash_table_new(g_direct_hash, g_direct_equal);
+    srv_queries = g_hash_table_new(g_direct_hash, g_direct_equal);
 }
 
 static void prefs_off(void)

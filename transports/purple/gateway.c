@@ -9,7 +9,10 @@
  *   - a chat (IRC channel, XMPP MUC, ...) is a XEP-0045 room: escaped chat name @GW
  *     (\23test@GW for #test); occupants are room/legacy nick;
  *   - prompts of libpurple (certificate acceptance, input requests) arrive as messages from GW;
- *     the user's reply (a message to GW) answers the oldest pending one.
+ *     the user's reply (a message to GW) answers the oldest pending one; its forms (fields and
+ *     choice requests) arrive as XEP-0004 forms in normal messages from GW (the request id in
+ *     a hidden field and the thread), answered by a message with the submitted (or cancelled)
+ *     form, or by a reply as above.
  *
  * Events from a backend (proto.h lines) are listed in backend.c. */
 #include "purple_gw.h"
@@ -484,6 +487,69 @@ static void notice(struct pg_user *pu, const char *text)
     message_to(gw_domain(pg.gw), pu->jid, "chat", text);
 }
 
+#define PG_REQUEST_VAR "isthmus-request"
+#define PG_THREAD_PREFIX "purple-request-"
+
+/* A backend's "form" event (f[2..]: ID TITLE INSTRUCTIONS TEXT FIELD...) as an XEP-0004 form in
+ * a normal message from GW to jid; the request id rides in a hidden field and the thread. */
+static void form_to(const char *jid, char **f, size_t n)
+{
+    struct stanza *m = gw_stanza("message", gw_domain(pg.gw), jid, "normal", NULL);
+    char *id = random_id(16);
+    stanza_set_attr(m, "id", id);
+    free(id);
+    stanza_add_text_child(m, "body", NULL, f[5]);
+    char *thread = xasprintf(PG_THREAD_PREFIX "%s", f[2]);
+    stanza_add_text_child(m, "thread", NULL, thread);
+    free(thread);
+    struct stanza *x = stanza_add_child(m, "x", NS_DATA);
+    stanza_set_attr(x, "type", "form");
+    if (*f[3])
+        stanza_add_text_child(x, "title", NS_DATA, f[3]);
+    if (*f[4])
+        stanza_add_text_child(x, "instructions", NS_DATA, f[4]);
+    struct stanza *h = stanza_add_child(x, "field", NS_DATA);
+    stanza_set_attr(h, "var", PG_REQUEST_VAR);
+    stanza_set_attr(h, "type", "hidden");
+    stanza_add_text_child(h, "value", NS_DATA, f[2]);
+    for (size_t i = 6; i < n; i++) {
+        /* VAR TYPE LABEL REQUIRED NVALUES VALUE... (OPTVALUE OPTLABEL)... */
+        char *r[PPROTO_MAX_FIELDS];
+        size_t k = pproto_split(f[i], r, PPROTO_MAX_FIELDS);
+        if (k < 5 || !*r[0] || strcmp(r[0], PG_REQUEST_VAR) == 0)
+            continue;
+        size_t nv = (size_t)strtoul(r[4], NULL, 10);
+        if (nv > k - 5)
+            nv = k - 5;
+        struct stanza *fd = stanza_add_child(x, "field", NS_DATA);
+        stanza_set_attr(fd, "var", r[0]);
+        stanza_set_attr(fd, "type", r[1]);
+        if (*r[2])
+            stanza_set_attr(fd, "label", r[2]);
+        if (strcmp(r[3], "1") == 0)
+            stanza_add_child(fd, "required", NS_DATA);
+        for (size_t j = 0; j < nv; j++)
+            stanza_add_text_child(fd, "value", NS_DATA, r[5 + j]);
+        for (size_t j = 5 + nv; j + 1 < k; j += 2) {
+            struct stanza *o = stanza_add_child(fd, "option", NS_DATA);
+            if (*r[j + 1])
+                stanza_set_attr(o, "label", r[j + 1]);
+            stanza_add_text_child(o, "value", NS_DATA, r[j]);
+        }
+    }
+    gw_send(pg.gw, m);
+}
+
+static void requests_add(unsigned **v, size_t *n, const char *id)
+{
+    if (*n >= 64) { /* a backend flooding prompts: forget the oldest */
+        memmove(*v, *v + 1, (*n - 1) * sizeof **v);
+        (*n)--;
+    }
+    *v = xrealloc(*v, (*n + 1) * sizeof **v);
+    (*v)[(*n)++] = (unsigned)strtoul(id, NULL, 10);
+}
+
 /* ---- users ---- */
 
 static struct pg_user *user_of(struct gw_user *u)
@@ -751,9 +817,11 @@ static void check_event(struct pg_check *c, char **f, size_t n)
         bool auth = n > 3 && strcmp(f[3], "1") == 0;
         check_end(c, auth ? "not-authorized" : "remote-server-not-found", n > 4 ? f[4] : NULL);
     } else if (strcmp(f[0], "request") == 0 && n >= 4) {
-        c->requests = xrealloc(c->requests, (c->n_requests + 1) * sizeof *c->requests);
-        c->requests[c->n_requests++] = (unsigned)strtoul(f[2], NULL, 10);
+        requests_add(&c->requests, &c->n_requests, f[2]);
         message_to(gw_domain(pg.gw), c->jid, "chat", f[3]);
+    } else if (strcmp(f[0], "form") == 0 && n >= 6) {
+        requests_add(&c->requests, &c->n_requests, f[2]);
+        form_to(c->jid, f, n);
     } else if (strcmp(f[0], "notice") == 0 && n >= 3) {
         message_to(gw_domain(pg.gw), c->jid, "chat", f[2]);
     }
@@ -1068,9 +1136,7 @@ static void ev_auth(struct pg_user *pu, const char *who)
 
 static void ev_request(struct pg_user *pu, const char *id, const char *text)
 {
-    unsigned v = (unsigned)strtoul(id, NULL, 10);
-    pu->requests = xrealloc(pu->requests, (pu->n_requests + 1) * sizeof *pu->requests);
-    pu->requests[pu->n_requests++] = v;
+    requests_add(&pu->requests, &pu->n_requests, id);
     notice(pu, text);
 }
 
@@ -1126,6 +1192,10 @@ static void backend_event(struct pg_backend *b, char *line)
         notice(pu, f[2]);
     else if (strcmp(e, "request") == 0 && n >= 4)
         ev_request(pu, f[2], f[3]);
+    else if (strcmp(e, "form") == 0 && n >= 6) {
+        requests_add(&pu->requests, &pu->n_requests, f[2]);
+        form_to(pu->jid, f, n);
+    }
 }
 
 /* ---- backend processes ---- */
@@ -1541,36 +1611,93 @@ static void drv_presence(struct gw *gw, struct gw_user *u, const struct stanza *
         USER_CMD(pu, false, "status", pu->jid, pu->show, pu->status, idle);
 }
 
+/* Takes request id out of v (the first when id is 0); false when it is not pending there. */
+static bool requests_take(unsigned *v, size_t *n, unsigned id, unsigned *out)
+{
+    for (size_t i = 0; i < *n; i++) {
+        if (id && v[i] != id)
+            continue;
+        *out = v[i];
+        memmove(v + i, v + i + 1, (*n - i - 1) * sizeof *v);
+        (*n)--;
+        return true;
+    }
+    return false;
+}
+
+/* The request a form answer names: its hidden field, else its thread. 0: none. */
+static unsigned form_request_id(const struct stanza *st, const struct stanza *x)
+{
+    for (struct stanza *f = stanza_first_elem(x); f; f = stanza_next_elem(f)) {
+        if (strcmp(f->name, "field") == 0 && str_eq(stanza_attr(f, "var"), PG_REQUEST_VAR)) {
+            char *v = stanza_child_text(f, "value", NS_DATA);
+            unsigned id = v ? (unsigned)strtoul(v, NULL, 10) : 0;
+            free(v);
+            if (id)
+                return id;
+        }
+    }
+    char *t = stanza_child_text(st, "thread", NULL);
+    unsigned id = 0;
+    if (t && strncmp(t, PG_THREAD_PREFIX, strlen(PG_THREAD_PREFIX)) == 0)
+        id = (unsigned)strtoul(t + strlen(PG_THREAD_PREFIX), NULL, 10);
+    free(t);
+    return id;
+}
+
+/* A message to GW answers a pending prompt of its sender: an XEP-0004 form answer (type submit
+ * or cancel, naming its request) → "submit"/"cancel"; a body → "answer" (or "cancel" when it
+ * says so) to the oldest one. A pending registration check's prompts come first. */
 static const char *answer_request(struct pg_user *pu, const struct stanza *st)
 {
-    char *body = stanza_child_text(st, "body", NULL);
-    if (!body)
+    const struct stanza *x = stanza_child(st, "x", NS_DATA);
+    const char *xtype = x ? stanza_attr(x, "type") : NULL;
+    bool form = str_eq(xtype, "submit") || str_eq(xtype, "cancel");
+    unsigned want = form ? form_request_id(st, x) : 0;
+    if (form && !want)
+        return "bad-request";
+    char *body = form ? NULL : stanza_child_text(st, "body", NULL);
+    if (!form && !body)
         return NULL;
     const char *jid = stanza_attr(st, "from");
-    for (size_t i = 0; jid && i < n_checks; i++) {
+    struct pg_backend *b = NULL;
+    unsigned id = 0;
+    for (size_t i = 0; jid && i < n_checks && !b; i++) {
         struct pg_check *c = checks[i];
         size_t bl = strlen(c->jid);
-        if (c->n_requests == 0 || strncmp(jid, c->jid, bl) != 0 || (jid[bl] && jid[bl] != '/'))
+        if (strncmp(jid, c->jid, bl) != 0 || (jid[bl] && jid[bl] != '/'))
             continue;
-        char id[16];
-        snprintf(id, sizeof id, "%u", c->requests[0]);
-        memmove(c->requests, c->requests + 1, (c->n_requests - 1) * sizeof *c->requests);
-        c->n_requests--;
-        const char *f[] = {"answer", id, body};
-        backend_write(pg.backends[c->backend], f, 3);
-        free(body);
-        return NULL;
+        if (requests_take(c->requests, &c->n_requests, want, &id))
+            b = pg.backends[c->backend];
     }
-    if (!pu || pu->n_requests == 0 || pu->backend < 0) {
+    if (!b && pu && pu->backend >= 0 && requests_take(pu->requests, &pu->n_requests, want, &id))
+        b = pg.backends[pu->backend];
+    if (!b) {
         free(body);
-        return NULL;
+        return form ? "item-not-found" : NULL;
     }
-    char id[16];
-    snprintf(id, sizeof id, "%u", pu->requests[0]);
-    memmove(pu->requests, pu->requests + 1, (pu->n_requests - 1) * sizeof *pu->requests);
-    pu->n_requests--;
-    const char *f[] = {"answer", id, body};
-    backend_write(pg.backends[pu->backend], f, 3);
+    char ids[16];
+    snprintf(ids, sizeof ids, "%u", id);
+    if ((form && str_eq(xtype, "cancel")) || (body && strcasecmp(body, "cancel") == 0)) {
+        const char *f[] = {"cancel", ids};
+        backend_write(b, f, 2);
+    } else if (form) {
+        struct gw_kv *kv = NULL;
+        size_t n = gw_form_values(st, &kv);
+        const char *f[PPROTO_MAX_FIELDS] = {"submit", ids};
+        size_t k = 2;
+        for (size_t i = 0; i < n && k + 2 <= PPROTO_MAX_FIELDS; i++) {
+            if (strcmp(kv[i].key, PG_REQUEST_VAR) == 0)
+                continue;
+            f[k++] = kv[i].key;
+            f[k++] = kv[i].value;
+        }
+        backend_write(b, f, k);
+        gw_kv_free(kv, n);
+    } else {
+        const char *f[] = {"answer", ids, body};
+        backend_write(b, f, 3);
+    }
     free(body);
     return NULL;
 }

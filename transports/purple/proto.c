@@ -67,6 +67,14 @@ char *pproto_line(const char *const *fields, size_t n, size_t *out_len)
     return buf;
 }
 
+char *pproto_record(const char *const *fields, size_t n)
+{
+    size_t len;
+    char *line = pproto_line(fields, n, &len);
+    line[len - 1] = '\0';
+    return line;
+}
+
 static int hexval(char c)
 {
     if (c >= '0' && c <= '9')

@@ -19,6 +19,9 @@
 void pproto_add(char **buf, size_t *len, size_t *cap, const char *s);
 /* Builds one line (LF-terminated, malloc'd) from n fields; *out_len gets its length. */
 char *pproto_line(const char *const *fields, size_t n, size_t *out_len);
+/* Builds a record of n fields (malloc'd, no LF): a line to be sent as ONE field of another line
+ * (escaped again there), which the reader splits again with pproto_split. */
+char *pproto_record(const char *const *fields, size_t n);
 /* Splits line (without its LF; modified in place) into at most max fields, unescaping each;
  * returns the number of fields. A field cut off by max keeps its TABs escaped-decoded as-is. */
 size_t pproto_split(char *line, char **fields, size_t max);
