@@ -138,6 +138,9 @@ int irc_parse_line(char *line, struct irc_msg *m);
 /* If text is a CTCP ACTION ("\001ACTION ...\001"), returns a pointer to the action text inside
  * it, and *len its length; else NULL. */
 const char *irc_ctcp_action(const char *text, size_t *len);
+/* A malloc'd RPL_ISUPPORT (005) value with its \xHH escapes decoded; decoded bytes that are
+ * not kept by irc_to_utf8's rules (NUL, C0 controls) are dropped. */
+char *irc_isupport_unescape(const char *v);
 
 /* The connection's input path, sans I/O: raw bytes in, one callback per line out. Lines end at
  * LF (a CR before it is dropped); each is cut at IRC_MAX_LINE bytes (the rest of that line is
