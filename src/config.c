@@ -917,19 +917,28 @@ static void *named_entry(struct parser *p, const char *what, char *name, void **
     return entry;
 }
 
-static void *gateway_open(struct parser *p, const char *arg, unsigned line)
+/* named_entry() for a section named by a domain ("domain") or IRC server ("server") name;
+ * line_off is where the entry keeps its header line. */
+static void *domain_entry(struct parser *p, const char *what, const char *kind, const char *arg,
+                          void **arr, size_t *n, size_t sz, size_t line_off, unsigned line)
 {
     char msg[128];
     char *name = host_name_prepare(arg, msg, sizeof msg);
     if (!name) {
-        fail(p, line, "[gateway %s]: invalid domain name: %s", arg, msg);
+        fail(p, line, "[%s %s]: invalid %s name: %s", what, arg, kind, msg);
         return NULL;
     }
-    struct config_gateway *g = named_entry(p, "gateway", name, (void **)&p->cfg->gateways,
-                                           &p->cfg->n_gateways, sizeof *g, line);
-    if (g)
-        g->line = line;
-    return g;
+    char *entry = named_entry(p, what, name, arr, n, sz, line);
+    if (entry)
+        *(unsigned *)(entry + line_off) = line;
+    return entry;
+}
+
+static void *gateway_open(struct parser *p, const char *arg, unsigned line)
+{
+    return domain_entry(p, "gateway", "domain", arg, (void **)&p->cfg->gateways,
+                        &p->cfg->n_gateways, sizeof *p->cfg->gateways,
+                        offsetof(struct config_gateway, line), line);
 }
 
 static int gateway_close(struct parser *p, void *base)
@@ -992,18 +1001,9 @@ static int gateway_close(struct parser *p, void *base)
 
 static void *irc_network_open(struct parser *p, const char *arg, unsigned line)
 {
-    char msg[128];
-    char *name = host_name_prepare(arg, msg, sizeof msg);
-    if (!name) {
-        fail(p, line, "[irc-network %s]: invalid server name: %s", arg, msg);
-        return NULL;
-    }
-    struct config_irc_network *n =
-        named_entry(p, "irc-network", name, (void **)&p->cfg->irc_networks,
-                    &p->cfg->n_irc_networks, sizeof *n, line);
-    if (n)
-        n->line = line;
-    return n;
+    return domain_entry(p, "irc-network", "server", arg, (void **)&p->cfg->irc_networks,
+                        &p->cfg->n_irc_networks, sizeof *p->cfg->irc_networks,
+                        offsetof(struct config_irc_network, line), line);
 }
 
 static int irc_network_close(struct parser *p, void *base)
