@@ -13,5 +13,7 @@ int backend_main(int fd, const char *certdir, const char *userdir);
 /* Prints the installed protocol plugins (all, or those in only) with their username parts and
  * account options to stdout, one proto.h line each ("prpl", "split", "option", then "end"). */
 int backend_describe(const char *const *only, size_t n_only);
+/* backend_dns.c: installs the threaded DNS and SRV/TXT UI ops (from the core's ui_init). */
+void backend_dns_init(void);
 
 #endif
